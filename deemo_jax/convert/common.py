@@ -1,0 +1,91 @@
+"""Strict key checking shared by every PyTorch -> NNX mapping.
+
+A mapping declares the torch keys it needs (with shapes) and the patterns it knows to be ignorable; anything
+else is an error that lists *all* offending keys at once, never a silent ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CheckpointKeyError(ValueError):
+    """Missing, unexpected or mis-shaped checkpoint keys, all listed."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    context: str = ""
+
+    def __str__(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys: {_preview(self.missing)}")
+        if self.unexpected:
+            parts.append(
+                f"{len(self.unexpected)} unexpected keys: {_preview(self.unexpected)} "
+                "(pass --allow-unexpected if they are known to be irrelevant)"
+            )
+        for key, expected, actual in self.shape_mismatches[:10]:
+            parts.append(f"shape mismatch for {key}: expected {expected}, got {actual}")
+        if len(self.shape_mismatches) > 10:
+            parts.append(f"... and {len(self.shape_mismatches) - 10} more shape mismatches")
+        prefix = f"{self.context}: " if self.context else ""
+        return prefix + "; ".join(parts)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shape_mismatches)
+
+
+def _preview(keys: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+def check_keys(
+    available: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    ignorable: Iterable[str] = (),
+    *,
+    allow_unexpected: bool = False,
+    context: str = "",
+) -> None:
+    """Compare checkpoint keys/shapes with what a mapping needs.
+
+    Args:
+      available: key -> shape of what the checkpoint holds.
+      expected: key -> shape the mapping will read.
+      ignorable: regular expressions (full match) for keys that may be present and are skipped on purpose.
+      allow_unexpected: downgrade unknown extra keys from an error to "skipped".
+    Raises:
+      CheckpointKeyError listing every problem.
+    """
+    patterns = [re.compile(p) for p in ignorable]
+    error = CheckpointKeyError(context=context)
+    error.missing = sorted(k for k in expected if k not in available)
+    if not allow_unexpected:
+        error.unexpected = sorted(
+            k for k in available if k not in expected and not any(p.fullmatch(k) for p in patterns)
+        )
+    error.shape_mismatches = [
+        (k, tuple(expected[k]), tuple(available[k]))
+        for k in sorted(expected)
+        if k in available and tuple(available[k]) != tuple(expected[k])
+    ]
+    if error:
+        raise error
+
+
+def linear_kernel(weight: np.ndarray) -> np.ndarray:
+    """torch ``Linear.weight`` [out, in] -> NNX kernel [in, out]."""
+    return np.ascontiguousarray(np.asarray(weight).T)
+
+
+def conv_kernel(weight: np.ndarray) -> np.ndarray:
+    """torch ``Conv2d.weight`` [O, I, kH, kW] -> NNX kernel [kH, kW, I, O]."""
+    return np.ascontiguousarray(np.asarray(weight).transpose(2, 3, 1, 0))
