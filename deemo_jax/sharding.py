@@ -109,7 +109,7 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, rules: LogicalRul
 def _spec_fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """Drop mesh axes from dimensions they do not divide (keeps tiny test configs shardable)."""
     fitted = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
         axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
         size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         fitted.append(entry if axes and dim % size == 0 else None)
