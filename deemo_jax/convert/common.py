@@ -7,7 +7,7 @@ else is an error that lists *all* offending keys at once, never a silent ``stric
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,3 +89,55 @@ def linear_kernel(weight: np.ndarray) -> np.ndarray:
 def conv_kernel(weight: np.ndarray) -> np.ndarray:
     """torch ``Conv2d.weight`` [O, I, kH, kW] -> NNX kernel [kH, kW, I, O]."""
     return np.ascontiguousarray(np.asarray(weight).transpose(2, 3, 1, 0))
+
+
+# --------------------------------------------------------------------------------------------- key tables
+@dataclass(frozen=True)
+class TensorRule:
+    """How one torch tensor becomes one NNX leaf.
+
+    ``target`` is the path in the module's pure dict (``None``: read and validated only, nothing stored);
+    ``shape`` the torch shape the checkpoint must have; ``transform`` maps the numpy value to the NNX layout
+    (and may raise ``ValueError`` to reject a value). A table ``{torch key: TensorRule}`` lets a streaming
+    converter handle tensors one at a time with :func:`convert_tensor`.
+    """
+
+    target: tuple[str | int, ...] | None
+    shape: tuple[int, ...]
+    transform: Callable[[np.ndarray], np.ndarray] = np.asarray
+
+
+def convert_tensor(rule: TensorRule, value: np.ndarray, dtype=None) -> np.ndarray:
+    """Apply one rule (shape already checked) and cast to the storage ``dtype`` when given."""
+    out = np.asarray(rule.transform(np.asarray(value)))
+    return out if dtype is None else out.astype(dtype)
+
+
+def set_path(tree: dict, path: Sequence[str | int], value) -> None:
+    """``tree[p0][p1]...[pn] = value``, creating the intermediate dicts."""
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def params_from_table(
+    state_dict: Mapping[str, np.ndarray],
+    table: Mapping[str, TensorRule],
+    ignorable: Iterable[str] = (),
+    *,
+    in_scope: Callable[[str], bool] = lambda key: True,
+    dtype=None,
+    context: str = "",
+) -> dict:
+    """Check the keys of ``state_dict`` that are ``in_scope`` against ``table``, then build the pure dict.
+
+    Keys outside the scope belong to other components of a combined checkpoint and are not looked at.
+    """
+    available = {k: tuple(np.shape(v)) for k, v in state_dict.items() if in_scope(k)}
+    check_keys(available, {k: r.shape for k, r in table.items()}, ignorable, context=context)
+    out: dict = {}
+    for key, rule in table.items():
+        value = convert_tensor(rule, state_dict[key], dtype)
+        if rule.target is not None:
+            set_path(out, rule.target, value)
+    return out

@@ -20,10 +20,9 @@ def param_count(tree) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(numpy_init):
     config = DeemoLlamaConfig.tiny()
-    model = DeemoLlama(config, rngs=nnx.Rngs(0))
-    return config, model
+    return config, numpy_init(lambda: DeemoLlama(config, rngs=nnx.Rngs(0)))
 
 
 def make_batch(config: DeemoLlamaConfig, batch: int = 2, frames: int = 2, clips: int = 2, seed: int = 0):
@@ -39,35 +38,43 @@ def make_batch(config: DeemoLlamaConfig, batch: int = 2, frames: int = 2, clips:
     ids[:, -5:] = rng.integers(3, vocab, size=(batch, 5))
     labels = np.full_like(ids, -100)
     labels[:, -4:] = ids[:, -4:]
-    size = config.vit.img_size
+    size, audio = config.vit.img_size, config.audio_encoder
     return {
         "input_ids": ids,
         "attention_mask": np.ones_like(ids),
         "labels": labels,
         "frames": rng.integers(0, 256, size=(batch, frames, size, size, 3), dtype=np.uint8),
-        "fbank": rng.normal(size=(batch, clips, 1, *config.audio_encoder.input_shape)).astype(np.float32),
+        "fbank": rng.normal(size=(batch, clips, 1, audio.num_mel_bins, audio.target_len)).astype(np.float32),
     }
 
 
 def test_placeholders_are_replaced_by_projected_tokens(tiny):
     config, model = tiny
     batch = make_batch(config)
-    embeds = model.embed_inputs(batch["input_ids"], batch["frames"], batch["fbank"])
-    video = model.encode_video(jnp.asarray(batch["frames"]))
-    audio = model.encode_audio(jnp.asarray(batch["fbank"]))
+
+    @nnx.jit
+    def run(model, ids, frames, fbank):
+        return (
+            model.embed_inputs(ids, frames, fbank),
+            model.encode_video(frames),
+            model.encode_audio(fbank),
+            model.llama.embed(ids),
+        )
+
+    embeds, video, audio, plain = run(model, batch["input_ids"], batch["frames"], batch["fbank"])
     ids = batch["input_ids"]
     vpos = np.flatnonzero(ids[0] == config.video_placeholder_id)
     apos = np.flatnonzero(ids[0] == config.audio_placeholder_id)
-    np.testing.assert_allclose(embeds[:, vpos], video, rtol=0, atol=0)
-    np.testing.assert_allclose(embeds[:, apos], audio, rtol=0, atol=0)
+    np.testing.assert_allclose(embeds[:, vpos], video, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(embeds[:, apos], audio, rtol=0, atol=1e-6)
     text = (ids != config.video_placeholder_id) & (ids != config.audio_placeholder_id)
-    np.testing.assert_allclose(embeds[text], model.llama.embed(jnp.asarray(ids))[text], atol=0)
+    np.testing.assert_array_equal(np.asarray(embeds)[text], np.asarray(plain)[text])
 
 
 def test_absent_modalities_run_text_only(tiny):
     config, model = tiny
     ids = np.array([[1, 5, 6, 7, 8]], np.int32)
-    logits = model(ids, np.ones_like(ids))
+    logits = nnx.jit(lambda m, i: m(i, jnp.ones_like(i)))(model, ids)
     assert logits.shape == (1, 5, config.llm.vocab_size)
 
 
@@ -90,29 +97,21 @@ def test_next_token_loss_matches_manual_cross_entropy():
 def test_gradients_reach_trainable_branches_through_frozen_llm(tiny):
     config, model = tiny
     batch = {k: jnp.asarray(v) for k, v in make_batch(config).items()}
-    trainable = nnx.Any(*(nnx.PathContains(name) for name in PAPER_TRAINABLE))
-    graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
+    graphdef, params = nnx.split(model, nnx.Param)
 
-    def loss_fn(train_state):
-        return nnx.merge(graphdef, train_state, frozen_state).loss(batch)[0]
+    def loss_fn(params):
+        return nnx.merge(graphdef, params).loss(batch)[0]
 
-    grads = jax.grad(loss_fn)(train_state)
+    grads = jax.jit(jax.grad(loss_fn))(params)
+
+    def max_abs(tree):
+        return max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(tree))
+
     for name in PAPER_TRAINABLE:
-        norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads[name]))))
-        assert norm > 0, f"no gradient reached {name}"
-    # Frozen parts are not differentiated at all, and the gradient w.r.t. every parameter (frozen included)
-    # is exactly zero for the frozen encoders because their outputs are stop_gradient'ed.
-    assert set(grads.keys()) == set(PAPER_TRAINABLE)
-    _, all_params = nnx.split(model, nnx.Param)
-
-    def loss_all(params):
-        return nnx.merge(graphdef_all, params).loss(batch)[0]
-
-    graphdef_all = nnx.graphdef(model)
-    all_grads = jax.grad(loss_all)(all_params)
+        assert max_abs(grads[name]) > 0, f"no gradient reached {name} through the LLM"
+    # The frozen encoders sit behind stop_gradient: even when differentiated, they get exactly zero.
     for name in ("visual_encoder", "ln_vision", "image_qformer", "audio_encoder"):
-        assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(all_grads[name])), name
-    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(all_grads["llama"]))
+        assert max_abs(grads[name]) == 0.0, name
 
 
 def test_bad_inputs_name_expected_and_actual(tiny):

@@ -1,0 +1,599 @@
+"""Grain input pipeline: shard records -> batches of docs/DESIGN.md §3.
+
+Pipeline (per process)::
+
+    ArrayRecordDataSource(split files) -> [shard_index::shard_count] -> (train: seeded shuffle, reshuffled
+    every epoch, infinite repeat) -> decode + prompt + tokenise + labels -> (train: skip dropped examples)
+    -> batch -> optional mp_prefetch workers
+
+Shard files of a split are ``{shard_dir}/{split}.array_record`` or ``{shard_dir}/{split}-*.array_record``
+(e.g. ``train-00000-of-00004.array_record``), read in sorted name order.
+
+What the iterator yields: ``(batch, ids)``. ``batch`` holds exactly the keys of DESIGN.md §3 (``frames`` only
+with video, ``fbank`` only with audio); ``ids`` is a list of ``B`` record ids, ``None`` for rows with
+``example_mask == 0``.
+
+Sequences: ``input_ids = [BOS] + prompt + target + pad``, padded to exactly ``max_length`` (BOS included in
+``max_length``); ``labels`` are -100 except on the target tokens (the ``###`` end symbol included). Prompt and
+target are tokenised separately with ``add_special_tokens=False`` (AffectGPT). Over-long examples follow
+``overlong_policy``:
+
+- ``"truncate_transcription"`` (default): drop transcription tokens from its end until the sequence fits;
+  placeholders and the target are never cut. If the example does not fit even without its transcription, it
+  is dropped as under ``"drop"``.
+- ``"drop"``: the example is skipped, logged with its id, and counted in ``DataIterator.num_dropped``. In
+  train mode it is left out of the batches; in eval mode its row is a padding row (``example_mask = 0``) and
+  its id goes to ``DataIterator.dropped_ids``, so no example is lost silently.
+- ``"error"``: raise :class:`OverlongError`.
+
+Train mode repeats forever and drops the remainder of the batch stream. Eval mode is one pass in shard order;
+the last batch is completed with padding rows (``example_mask = 0``, labels -100, a valid empty prompt with
+all placeholders so the model's checks hold), and every process yields the same number of batches
+(``DataIterator.num_batches``) so multi-host evaluation steps stay in lockstep.
+
+State: :class:`DataIterator` is a ``grain.DatasetIterator``; ``get_state()`` is a JSON-able dict and
+``grain.checkpoint.CheckpointSave(iterator)`` / ``CheckpointRestore(iterator)`` work as Orbax args (e.g. the
+``data_iter`` item of an ``ocp.args.Composite``).
+
+Workers: ``worker_count > 0`` uses ``mp_prefetch`` (spawned processes). Scripts must guard their entry point
+with ``if __name__ == "__main__":`` (workers re-import ``__main__``); absl flags are marked parsed here
+(grain 0.2.18 crashes with ``UnparsedFlagAccessError`` otherwise). Batches are deterministic for a given seed
+and worker count; a different worker count gives a different (still deterministic) order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from deemo_jax.data import schema
+from deemo_jax.data.prompts import (
+    DEFAULT_CAPTION_INSTRUCTION,
+    TASKS,
+    PromptConfig,
+    build_prompt,
+    transcription_span,
+)
+from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
+
+logger = logging.getLogger(__name__)
+
+SHARD_SUFFIX = ".array_record"
+OVERLONG_POLICIES = ("truncate_transcription", "drop", "error")
+MODES = ("train", "eval")
+IMAGE_SIZE = 224
+FBANK_SHAPE = (128, 204)
+IGNORE_INDEX = -100
+STATUS_OK, STATUS_DROPPED, STATUS_PADDING = 0, 1, 2
+_HOST_KEYS = ("_id", "_status", "_num_skipped")
+
+
+class OverlongError(ValueError):
+    """An example longer than ``max_length`` under ``overlong_policy="error"``."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Input pipeline settings (plain fields, so an ``ml_collections.ConfigDict`` maps onto it).
+
+    ``instructions`` empty means the task's default instruction; ``labels`` empty means the label set of
+    ``{shard_dir}/metadata.json``. ``num_frames``/``num_audio_clips`` are the per-record T/S every record
+    of the split must have (batches are stacked). ``read_threads``/``read_buffer_size`` bound the threads
+    and the elements decoded ahead in each process (Grain's defaults, 16 and 500, would hold ~1 GB of frames).
+    """
+
+    shard_dir: str = ""
+    split: str = "train"
+    tokenizer_path: str = ""
+    batch_size: int = 2
+    max_length: int = 512
+    seed: int = 0
+    use_audio: bool = True
+    use_video: bool = True
+    use_transcription: bool = True
+    nfbl_as_text: bool = False
+    task: str = "reasoning"
+    instructions: tuple[str, ...] = ()
+    caption_instruction: str = DEFAULT_CAPTION_INSTRUCTION
+    labels: tuple[str, ...] = ()
+    num_video_query_tokens: int = 32
+    num_audio_query_tokens: int = 8
+    num_frames: int = 8
+    num_audio_clips: int = 8
+    overlong_policy: str = "truncate_transcription"
+    worker_count: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 4
+    read_buffer_size: int = 32
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> DataConfig:
+        """Build from a dict or ``ConfigDict`` (lists become tuples); unknown keys are an error."""
+        items = dict(mapping.items())
+        unknown = sorted(set(items) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            known = [f.name for f in dataclasses.fields(cls)]
+            raise ValueError(f"DataConfig: unknown keys {unknown}; known: {known}")
+        for key in ("instructions", "labels"):
+            if key in items and not isinstance(items[key], str):
+                items[key] = tuple(items[key])
+        return cls(**items)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        for name in ("batch_size", "max_length", "num_frames", "num_audio_clips"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.worker_count, int) or self.worker_count < 0:
+            raise ValueError(
+                f"DataConfig.worker_count must be an int >= 0 (0 = in-process), got {self.worker_count!r}"
+            )
+        for name in ("worker_buffer_size", "read_threads", "read_buffer_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.overlong_policy not in OVERLONG_POLICIES:
+            raise ValueError(
+                f"DataConfig.overlong_policy must be one of {OVERLONG_POLICIES}, got {self.overlong_policy!r}"
+            )
+        if self.task not in TASKS:
+            raise ValueError(f"DataConfig.task must be one of {TASKS}, got {self.task!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"DataConfig.seed must be an int in [0, 2**32), got {self.seed!r}")
+        for name in ("shard_dir", "split", "tokenizer_path"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"DataConfig.{name} must be a non-empty string, got {getattr(self, name)!r}")
+
+    def prompt_config(self, labels: Sequence[str] = ()) -> PromptConfig:
+        """The prompt settings; ``labels`` is used when ``self.labels`` is empty."""
+        return PromptConfig(
+            use_audio=self.use_audio,
+            use_video=self.use_video,
+            use_transcription=self.use_transcription,
+            nfbl_as_text=self.nfbl_as_text,
+            task=self.task,
+            instructions=tuple(self.instructions),
+            caption_instruction=self.caption_instruction,
+            labels=tuple(self.labels or labels),
+            num_video_query_tokens=self.num_video_query_tokens,
+            num_audio_query_tokens=self.num_audio_query_tokens,
+        )
+
+
+def find_shards(shard_dir: str | Path, split: str) -> list[Path]:
+    """The ArrayRecord files of ``split`` in ``shard_dir`` (sorted); a clear error when there are none."""
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise FileNotFoundError(
+            f"shard directory {str(shard_dir)!r} does not exist; build shards with scripts/build_shards.py "
+            "or fix DataConfig.shard_dir"
+        )
+    pattern = re.compile(rf"^{re.escape(split)}(-.+)?{re.escape(SHARD_SUFFIX)}$")
+    files = sorted(p for p in shard_dir.iterdir() if p.is_file() and pattern.match(p.name))
+    if not files:
+        present = sorted(p.name for p in shard_dir.iterdir() if p.name.endswith(SHARD_SUFFIX))
+        splits = sorted({re.sub(rf"(-.+)?{re.escape(SHARD_SUFFIX)}$", "", name) for name in present})
+        raise FileNotFoundError(
+            f"no shards for split {split!r} in {str(shard_dir)!r} (expected {split}{SHARD_SUFFIX} or "
+            f"{split}-*{SHARD_SUFFIX}); splits present: {splits}; shard files: {present[:20]}"
+        )
+    return files
+
+
+def read_label_set(shard_dir: str | Path) -> tuple[str, ...]:
+    """The ``labels`` list of ``{shard_dir}/metadata.json``; empty when the file or the field is absent."""
+    path = Path(shard_dir) / "metadata.json"
+    if not path.is_file():
+        return ()
+    try:
+        labels = json.loads(path.read_text()).get("labels", [])
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{str(path)!r} is not a JSON object: {e}") from e
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{str(path)!r}: 'labels' must be a list of strings, got {labels!r}")
+    return tuple(labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedExample:
+    """One tokenised example, padded to ``max_length`` (int32 arrays)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray
+    num_tokens: int
+    truncated_tokens: int
+
+
+def _placeholder_run(ids: np.ndarray, token_id: int, expected: int, name: str, example_id: str) -> None:
+    positions = np.flatnonzero(ids == token_id)
+    if len(positions) != expected or (expected and positions[-1] - positions[0] != expected - 1):
+        raise ValueError(
+            f"example {example_id!r}: expected one run of {expected} consecutive {name} placeholder ids "
+            f"({token_id}), found {len(positions)} at positions {positions[:5].tolist()}...; the prompt and "
+            "the tokenizer disagree (load the tokenizer with deemo_jax.data.tokenizer.load_tokenizer)"
+        )
+
+
+def tokenize_example(
+    prompt: str,
+    target: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    overlong_policy: str = "truncate_transcription",
+    num_video_tokens: int = 0,
+    num_audio_tokens: int = 0,
+    example_id: str = "",
+) -> TokenizedExample | None:
+    """Tokenise ``prompt``/``target`` into padded arrays; ``None`` when the example is dropped.
+
+    ``num_video_tokens``/``num_audio_tokens`` are the placeholder counts the prompt must contain (0 when the
+    modality is off); they are checked to form one consecutive run each.
+    """
+    if overlong_policy not in OVERLONG_POLICIES:
+        raise ValueError(f"overlong_policy must be one of {OVERLONG_POLICIES}, got {overlong_policy!r}")
+    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    prompt_ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+    target_ids = np.asarray(tokenizer(target, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    video_id, audio_id = placeholder_ids(tokenizer)
+    _placeholder_run(prompt_ids, video_id, num_video_tokens, "video", example_id)
+    _placeholder_run(prompt_ids, audio_id, num_audio_tokens, "audio", example_id)
+
+    excess = 1 + len(prompt_ids) + len(target_ids) - max_length
+    truncated = 0
+    if excess > 0:
+        if overlong_policy == "error":
+            raise OverlongError(
+                f"example {example_id!r} has {excess + max_length} tokens (BOS + prompt + target) > "
+                f"max_length {max_length}; raise max_length or use overlong_policy "
+                "'truncate_transcription' or 'drop'"
+            )
+        span = transcription_span(prompt) if overlong_policy == "truncate_transcription" else None
+        removable = np.zeros(0, dtype=np.int64)
+        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        if span is not None:
+            inside = (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0])
+            removable = np.flatnonzero(inside)
+        if excess > len(removable):
+            logger.warning(
+                "dropping example %r: %d tokens > max_length %d even without its transcription (policy %s)",
+                example_id, excess + max_length, max_length, overlong_policy,
+            )
+            return None
+        cut = len(removable) - excess
+        # Byte-fallback tokens of one character share its offsets: never keep half a character.
+        while 0 < cut < len(removable) and (offsets[removable[cut]] == offsets[removable[cut - 1]]).all():
+            cut -= 1
+        prompt_ids = np.delete(prompt_ids, removable[cut:])
+        truncated = len(removable) - cut
+
+    n = 1 + len(prompt_ids) + len(target_ids)
+    input_ids = np.full(max_length, tokenizer.pad_token_id, dtype=np.int32)
+    input_ids[0] = tokenizer.bos_token_id
+    input_ids[1:1 + len(prompt_ids)] = prompt_ids
+    input_ids[1 + len(prompt_ids):n] = target_ids
+    labels = np.full(max_length, IGNORE_INDEX, dtype=np.int32)
+    labels[1 + len(prompt_ids):n] = target_ids
+    attention_mask = np.zeros(max_length, dtype=np.int32)
+    attention_mask[:n] = 1
+    return TokenizedExample(input_ids, attention_mask, labels, n, truncated)
+
+
+class ExampleProcessor:
+    """Serialized record -> one pipeline element (picklable, so it runs inside Grain workers).
+
+    An element holds the model keys of a batch row plus the host-only keys ``_id`` (record id),
+    ``_status`` (``STATUS_OK``/``STATUS_DROPPED``/``STATUS_PADDING``) and ``_num_skipped`` (filled by the
+    train-mode skip).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_config: PromptConfig,
+        *,
+        kind: str,
+        max_length: int,
+        overlong_policy: str,
+        num_frames: int,
+        num_audio_clips: int,
+    ):
+        self.tokenizer = tokenizer
+        self.prompt_config = prompt_config
+        self.kind = kind
+        self.max_length = max_length
+        self.overlong_policy = overlong_policy
+        self.num_frames = num_frames
+        self.num_audio_clips = num_audio_clips
+        self._padding: dict[str, np.ndarray] | None = None
+
+    @property
+    def num_video_tokens(self) -> int:
+        return self.prompt_config.num_video_query_tokens if self.prompt_config.use_video else 0
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return self.prompt_config.num_audio_query_tokens if self.prompt_config.use_audio else 0
+
+    def _tokenize(self, record: Mapping[str, Any], rng: np.random.Generator | None, policy: str):
+        prompt, target = build_prompt(record, self.prompt_config, rng)
+        return tokenize_example(
+            prompt, target, self.tokenizer, max_length=self.max_length, overlong_policy=policy,
+            num_video_tokens=self.num_video_tokens, num_audio_tokens=self.num_audio_tokens,
+            example_id=str(record.get("id")),
+        )
+
+    def _media(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        if self.prompt_config.use_video:
+            frames = record["frames"]
+            expected = (self.num_frames, IMAGE_SIZE, IMAGE_SIZE, 3)
+            if frames.shape != expected:
+                raise ValueError(
+                    f"record {record.get('id')!r}: frames {frames.shape}, expected {expected}; set "
+                    "DataConfig.num_frames to the shards' frame count (all records of a split must agree)"
+                )
+            out["frames"] = frames
+        if self.prompt_config.use_audio:
+            fbank = record["fbank"]
+            expected = (self.num_audio_clips, *FBANK_SHAPE)
+            if fbank.shape != expected:
+                raise ValueError(
+                    f"record {record.get('id')!r}: fbank {fbank.shape}, expected {expected}; set "
+                    "DataConfig.num_audio_clips to the shards' clip count (all records of a split must agree)"
+                )
+            out["fbank"] = fbank[:, None]
+        return out
+
+    def padding_element(self) -> dict[str, np.ndarray]:
+        """A masked row: a record with empty texts and zero media, labels all -100, ``example_mask`` 0."""
+        if self._padding is None:
+            record: dict[str, Any] = {
+                "kind": self.kind, "id": "", "caption": "", "transcription": "", "label": "", "reasoning": "",
+                "nfbl": [],
+            }
+            try:
+                tokens = self._tokenize(record, None, "error")
+            except OverlongError as e:
+                raise ValueError(
+                    f"max_length {self.max_length} is too small for the prompt skeleton (placeholders, tags "
+                    f"and instruction alone): {e}"
+                ) from e
+            media = {}
+            if self.prompt_config.use_video:
+                media["frames"] = np.zeros((self.num_frames, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+            if self.prompt_config.use_audio:
+                media["fbank"] = np.zeros((self.num_audio_clips, 1, *FBANK_SHAPE), np.float32)
+            self._padding = {
+                "input_ids": tokens.input_ids,
+                "attention_mask": tokens.attention_mask,
+                "labels": np.full(self.max_length, IGNORE_INDEX, np.int32),
+                **media,
+                "label_index": np.int32(-1),
+                "example_mask": np.int32(0),
+                "_id": np.str_(""),
+                "_status": np.int32(STATUS_PADDING),
+                "_num_skipped": np.int32(0),
+            }
+        return dict(self._padding)
+
+    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        record = schema.decode(data)
+        record_id = str(record["id"])
+        if record["kind"] != self.kind:
+            raise ValueError(
+                f"record {record_id!r} has kind {record['kind']!r} but this split starts with {self.kind!r} "
+                "records; a split must hold one kind (caption pre-training and emotion data use separate "
+                "shards)"
+            )
+        tokens = self._tokenize(record, rng, self.overlong_policy)
+        if tokens is None:
+            return {**self.padding_element(), "_id": np.str_(record_id), "_status": np.int32(STATUS_DROPPED)}
+        return {
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "labels": tokens.labels,
+            **self._media(record),
+            "label_index": np.int32(record.get("label_index", -1)),
+            "example_mask": np.int32(1),
+            "_id": np.str_(record_id),
+            "_status": np.int32(STATUS_OK),
+            "_num_skipped": np.int32(0),
+        }
+
+
+class _SkipDropped(grain.IterDataset):
+    """Train mode: leave dropped examples out and count them on the next kept element (``_num_skipped``)."""
+
+    def __init__(self, parent: grain.IterDataset, epoch_size: int):
+        super().__init__(parent)
+        self._epoch_size = epoch_size
+
+    def __iter__(self) -> _SkipDroppedIterator:
+        return _SkipDroppedIterator(self._parent.__iter__(), self._epoch_size)
+
+    def __str__(self) -> str:
+        return "SkipDroppedIterDataset"
+
+
+class _SkipDroppedIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, epoch_size: int):
+        super().__init__(parent)
+        self._epoch_size = epoch_size
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        skipped = 0
+        while True:
+            element = next(self._parent)
+            if element["_status"] != STATUS_DROPPED:
+                return {**element, "_num_skipped": np.int32(skipped)}
+            skipped += 1
+            if skipped > self._epoch_size:
+                raise ValueError(
+                    f"every one of the {self._epoch_size} examples of this shard is dropped as over-long; "
+                    "raise DataConfig.max_length"
+                )
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class DataIterator(grain.DatasetIterator):
+    """Yields ``(batch, ids)``; see the module docstring. ``num_batches`` is the pass length in eval mode."""
+
+    def __init__(
+        self,
+        parent: grain.DatasetIterator,
+        *,
+        mode: str,
+        num_batches: int | None,
+        num_examples: int,
+        fingerprint: dict[str, Any],
+    ):
+        super().__init__(parent)
+        self.mode = mode
+        self.num_batches = num_batches
+        self.num_examples = num_examples
+        self._fingerprint = fingerprint
+        self.num_dropped = 0
+        self.dropped_ids: list[str] = []
+
+    def __next__(self) -> tuple[dict[str, np.ndarray], list[str | None]]:
+        batch = dict(next(self._parent))
+        ids, status, skipped = (np.asarray(batch.pop(k)) for k in _HOST_KEYS)
+        dropped = [str(i) for i, s in zip(ids, status, strict=True) if s == STATUS_DROPPED]
+        self.num_dropped += int(skipped.sum()) + len(dropped)
+        self.dropped_ids.extend(dropped)
+        mask = batch["example_mask"]
+        return {k: np.asarray(v) for k, v in batch.items()}, [
+            str(i) if m else None for i, m in zip(ids, mask, strict=True)
+        ]
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "pipeline": self._parent.get_state(),
+            "num_dropped": self.num_dropped,
+            "dropped_ids": list(self.dropped_ids),
+            "fingerprint": self._fingerprint,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self._fingerprint:
+            raise ValueError(
+                f"data iterator state was saved for {state.get('fingerprint')} but this pipeline is "
+                f"{self._fingerprint}; restore with the same split, batch size, seed, mode, shard and worker "
+                "count"
+            )
+        self._parent.set_state(state["pipeline"])
+        self.num_dropped = int(state["num_dropped"])
+        self.dropped_ids = list(state["dropped_ids"])
+
+
+def _mark_absl_flags_parsed() -> None:
+    """Grain 0.2.18 workers read an absl flag; unparsed flags crash them (google/grain #1355)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_iterator(
+    config: DataConfig,
+    *,
+    mode: str = "train",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> DataIterator:
+    """Build the pipeline of ``config.split`` and return its iterator.
+
+    ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``; each
+    process reads the records ``shard_index::shard_count``. ``tokenizer`` defaults to
+    ``load_tokenizer(config.tokenizer_path)``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    config.validate()
+    if shard_index is None or shard_count is None:
+        if shard_index is not None or shard_count is not None:
+            raise ValueError(
+                "pass both shard_index and shard_count, or neither (then the JAX process is used)"
+            )
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.tokenizer_path)
+
+    files = find_shards(config.shard_dir, config.split)
+    source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
+    num_examples = len(source)
+    if num_examples < shard_count:
+        raise ValueError(
+            f"split {config.split!r} has {num_examples} records, fewer than the {shard_count} processes "
+            "reading it"
+        )
+    kind = schema.decode(source[0])["kind"]
+    processor = ExampleProcessor(
+        tokenizer, config.prompt_config(read_label_set(config.shard_dir)), kind=kind,
+        max_length=config.max_length, overlong_policy=config.overlong_policy,
+        num_frames=config.num_frames, num_audio_clips=config.num_audio_clips,
+    )
+    processor.padding_element()  # fail here, not in a worker, when max_length cannot hold the prompt
+
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    shard_size = len(ds)
+    options = grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+    )
+    read_options = grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer_size
+    )
+    if config.worker_count:
+        _mark_absl_flags_parsed()
+    if mode == "train":
+        if shard_size < config.batch_size:
+            logger.warning(
+                "shard %d/%d of split %r has %d examples, fewer than batch_size %d: batches repeat examples "
+                "across epochs", shard_index, shard_count, config.split, shard_size, config.batch_size,
+            )
+        ds = ds.seed(config.seed).shuffle().repeat(None).random_map(processor)
+        it_ds = _SkipDropped(ds.to_iter_dataset(read_options), shard_size)
+        it_ds = it_ds.batch(config.batch_size, drop_remainder=True)
+        if config.worker_count:
+            it_ds = it_ds.mp_prefetch(options)
+        num_batches = None
+    else:
+        ds = ds.map(processor)
+        num_batches = math.ceil(math.ceil(num_examples / shard_count) / config.batch_size)
+        num_padding = num_batches * config.batch_size - shard_size
+        if num_padding:
+            padding = grain.MapDataset.source([processor.padding_element()] * num_padding)
+            ds = grain.MapDataset.concatenate([ds, padding])
+        it_ds = ds.to_iter_dataset(read_options)
+        if config.worker_count:
+            it_ds = it_ds.mp_prefetch(options)
+        it_ds = it_ds.batch(config.batch_size, drop_remainder=False)
+
+    fingerprint = {
+        "split": config.split, "mode": mode, "seed": config.seed, "batch_size": config.batch_size,
+        "shard_index": shard_index, "shard_count": shard_count, "worker_count": config.worker_count,
+        "num_examples": num_examples,
+    }
+    return DataIterator(iter(it_ds), mode=mode, num_batches=num_batches, num_examples=shard_size,
+                        fingerprint=fingerprint)
