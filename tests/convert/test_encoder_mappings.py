@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from deemo_jax.convert import torch_reference
 from deemo_jax.convert.common import CheckpointKeyError, convert_tensor
 from deemo_jax.convert.eva_vit import eva_vit_params_from_torch, expected_eva_vit_keys
 from deemo_jax.convert.imagebind_audio import (
@@ -23,15 +22,6 @@ from deemo_jax.convert.qformer import expected_qformer_keys, ln_vision_params_fr
 from deemo_jax.models.eva_vit import EvaViT, EvaViTConfig
 from deemo_jax.models.imagebind_audio import ImageBindAudio, ImageBindAudioConfig
 from deemo_jax.models.qformer import QFormer, QFormerConfig
-
-
-def _load_torch_reference():
-    """The torch ImageBind audio reference lives with the model tests; load it by path."""
-    path = Path(__file__).resolve().parents[1] / "models" / "imagebind_torch_reference.py"
-    spec = importlib.util.spec_from_file_location("imagebind_torch_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def random_state_dict(expected: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
@@ -192,12 +182,11 @@ def test_ln_vision_mapping():
 @pytest.fixture(scope="module")
 def imagebind_checkpoint():
     """The torch reference's state dict (real audio key names) plus other modalities' keys, like the real file."""
-    ref_module = _load_torch_reference()
     c = ImageBindAudioConfig.tiny()
-    ref = ref_module.ImageBindAudioReference(
+    ref = torch_reference.ImageBindAudioReference(
         width=c.width, depth=c.depth, heads=c.num_heads, mlp_dim=c.mlp_dim, out_dim=c.out_dim
     )
-    sd = {k: v.numpy() for k, v in ref_module.randomize_(ref, seed=5).state_dict().items()}
+    sd = {k: v.numpy() for k, v in torch_reference.randomize_(ref, seed=5).state_dict().items()}
     sd["modality_trunks.vision.blocks.0.attn.in_proj_weight"] = np.zeros((96, 32), np.float32)
     sd["modality_preprocessors.text.mask"] = np.zeros((77, 77), np.float32)
     sd["modality_postprocessors.text.1.log_logit_scale"] = np.float32(math.log(100.0))

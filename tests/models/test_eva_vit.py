@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from imagebind_torch_reference import randomize_
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
 from deemo_jax.convert.eva_vit import eva_vit_params_from_torch
+from deemo_jax.convert.torch_reference import randomize_
 from deemo_jax.models.eva_vit import EvaViT, EvaViTConfig
 
 CONFIG = EvaViTConfig.tiny(img_size=56)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from imagebind_torch_reference import ImageBindAudioReference, randomize_
 
 from deemo_jax.convert.imagebind_audio import imagebind_audio_params_from_torch
+from deemo_jax.convert.torch_reference import ImageBindAudioReference, randomize_
 from deemo_jax.models.imagebind_audio import ImageBindAudio, ImageBindAudioConfig, drop_path
 
 CONFIG = ImageBindAudioConfig.tiny()

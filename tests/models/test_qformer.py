@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from imagebind_torch_reference import randomize_
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from deemo_jax.convert.qformer import qformer_params_from_torch
+from deemo_jax.convert.torch_reference import randomize_
 from deemo_jax.models.qformer import QFormer, QFormerConfig
 
 PREFIX = "Qformer.bert."

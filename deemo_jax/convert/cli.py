@@ -1,0 +1,89 @@
+"""Command line of ``scripts/convert_checkpoint.py`` (importable so tests can call :func:`main` in process).
+
+Exit codes: 0 converted (and verified, with ``--verify``); 1 verification failed (nothing written);
+2 bad input or usage (one-line message; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from deemo_jax.convert.kinds import KINDS
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    kinds = "\n".join(
+        f"  {k.name:16s} {k.summary}\n  {'':16s} input: {k.input}; default dtype {k.default_dtype}"
+        for k in KINDS.values()
+    )
+    p = argparse.ArgumentParser(
+        prog="convert_checkpoint.py",
+        description="Convert a released PyTorch checkpoint into an Orbax directory for deemo-jax.",
+        epilog=f"kinds:\n{kinds}\n\nSee docs/convert.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--source", required=True, choices=sorted(KINDS), help="what the input is")
+    p.add_argument("--input", required=True, help="checkpoint file, or the Hugging Face directory for hf-llama")
+    p.add_argument("--output", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="storage dtype (default: per kind)")
+    p.add_argument("--verify", action="store_true", help="reload the output and compare with the PyTorch reference")
+    p.add_argument("--verify-layers", type=int, help="layers to verify for large models (default 2 over 300M params)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--allow-unexpected", action="store_true", help="skip unknown extra keys instead of failing")
+    p.add_argument(
+        "--override", action="append", default=[], metavar="COMPONENT.FIELD=VALUE",
+        help="set a config field the shapes do not determine, e.g. image_qformer.num_heads=12 (repeatable)",
+    )
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from deemo_jax.convert.common import CheckpointKeyError
+    from deemo_jax.convert.converted import ConvertedCheckpointError
+    from deemo_jax.convert.pipeline import VerificationError, convert_checkpoint
+    from deemo_jax.convert.readers import CheckpointFormatError
+
+    try:
+        convert_checkpoint(
+            args.source,
+            args.input,
+            args.output,
+            dtype=args.dtype,
+            overrides=args.override,
+            verify=args.verify,
+            verify_layers=args.verify_layers,
+            overwrite=args.overwrite,
+            allow_unexpected=args.allow_unexpected,
+            progress=args.progress,
+        )
+    except VerificationError as e:
+        _report(e, args.debug)
+        return EXIT_VERIFY_FAILED
+    except (
+        CheckpointKeyError,
+        CheckpointFormatError,
+        ConvertedCheckpointError,
+        OSError,
+        ImportError,
+        ValueError,
+    ) as e:
+        _report(e, args.debug)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _report(error: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(error)
+    message = " ".join(str(error).split())  # one line
+    print(f"error: {message}", file=sys.stderr)

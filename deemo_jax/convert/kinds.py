@@ -1,0 +1,471 @@
+"""The source kinds the converter knows: which files, which mapping, how the model config is obtained.
+
+Each kind builds a :class:`Plan` from the checkpoint's key -> shape view (no tensor data is read): a table
+``torch key -> TensorRule`` whose target paths start with the ``DeemoLlama`` attribute the tensor belongs to
+(``visual_encoder``, ``ln_vision``, ``image_qformer``, ``audio_encoder``, ``llama``, ``video_qformer``, ...),
+the regular expressions of keys that are skipped on purpose, and the config of every component.
+
+Configs are inferred from tensor shapes where the shapes determine them (widths, depths, query counts,
+cross-attention layers), start from the real-size preset otherwise (head counts, epsilons), and can be
+overridden with ``component.field=value`` (e.g. ``image_qformer.num_heads=4``). ``hf-llama`` reads
+``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deemo_jax.convert import deemo
+from deemo_jax.convert.common import CheckpointKeyError, TensorRule
+from deemo_jax.convert.eva_vit import eva_vit_ignorable_keys, eva_vit_key_table
+from deemo_jax.convert.imagebind_audio import (
+    LOG_LOGIT_SCALE_KEY,
+    imagebind_audio_ignorable_keys,
+    imagebind_audio_key_table,
+)
+from deemo_jax.convert.llama import expected_llama_keys, llama_ignorable_patterns, llama_key_to_target
+from deemo_jax.convert.qformer import ln_vision_key_table, qformer_ignorable_keys, qformer_key_table
+from deemo_jax.models.eva_vit import EvaViTConfig
+from deemo_jax.models.imagebind_audio import ImageBindAudioConfig
+from deemo_jax.models.llama import LlamaConfig
+from deemo_jax.models.qformer import QFormerConfig
+
+Shapes = Mapping[str, tuple[int, ...]]
+Overrides = Mapping[str, Mapping[str, str]]  # component -> field -> value (as typed on the command line)
+
+# Config fields that do not change the checkpoint or the function it computes at inference.
+RUNTIME_FIELDS = frozenset(
+    {"dtype", "param_dtype", "remat", "attention_impl", "hidden_dropout", "attention_dropout", "drop_path_rate"}
+)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One top-level entry of the converted tree: a DeemoLlama attribute, its module and its config."""
+
+    module: str  # class name: EvaViT, QFormer, LayerNorm, ImageBindAudio, Llama, Embed, Linear
+    config: Any  # a model config dataclass, or a dict of sizes for plain layers
+
+    def config_dict(self) -> dict:
+        return config_to_dict(self.config)
+
+
+@dataclass
+class Plan:
+    kind: str
+    table: dict[str, TensorRule]
+    ignorable: list[str]
+    components: dict[str, Component]
+    notes: list[str] = field(default_factory=list)
+    hf_config: dict | None = None  # hf-llama: the config.json as read
+    tokenizer_dir: Path | None = None  # hf-llama: where the tokenizer files are
+
+
+def config_to_dict(config: Any) -> dict:
+    """JSON-friendly dict of a config dataclass (dtypes as names) or a plain dict."""
+    if dataclasses.is_dataclass(config):
+        out = {"class": type(config).__name__}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.name in ("dtype", "param_dtype"):
+                value = np.dtype(value).name
+            out[f.name] = value
+        return out
+    return dict(config)
+
+
+def structural_config(config: Mapping[str, Any]) -> dict:
+    """The fields that must agree between a converted checkpoint and the model it is restored into."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS and k != "class"}
+
+
+# ------------------------------------------------------------------------------------------- overrides
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["image_qformer.num_heads=4", ...]`` -> ``{"image_qformer": {"num_heads": "4"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        component, dot, fld = name.partition(".")
+        if not sep or not dot or not component or not fld:
+            raise ValueError(f"--override {item!r}: expected COMPONENT.FIELD=VALUE, e.g. image_qformer.num_heads=4")
+        out.setdefault(component, {})[fld] = value
+    return out
+
+
+def _apply_overrides(config: Any, component: str, overrides: Overrides) -> Any:
+    given = dict(overrides.get(component, {}))
+    if not given:
+        return config
+    names = {f.name for f in dataclasses.fields(config)} - {"dtype", "param_dtype"}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"--override {component}.{unknown[0]}: no such field; {component} has {sorted(names)}")
+    typed = {}
+    for name, text in given.items():
+        current = getattr(config, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                typed[name] = text.lower() in ("true", "1")
+            elif current is None:
+                typed[name] = None if text.lower() == "none" else text
+            else:
+                typed[name] = type(current)(text)
+        except ValueError:
+            raise ValueError(
+                f"--override {component}.{name}={text}: expected a {type(current).__name__}"
+            ) from None
+    return dataclasses.replace(config, **typed)
+
+
+def _check_overrides_used(overrides: Overrides, components: Sequence[str], kind: str) -> None:
+    unused = sorted(set(overrides) - set(components))
+    if unused:
+        raise ValueError(f"--override {unused[0]}.*: {kind} has no component {unused[0]!r}; it has {list(components)}")
+
+
+# ----------------------------------------------------------------------------------- config inference
+def _shape(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise CheckpointKeyError(missing=[key], context=f"cannot infer {what}")
+    return tuple(shapes[key])
+
+
+def _indices(shapes: Shapes, pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in shapes if (m := regex.fullmatch(k))})
+
+
+def _heads(preset_heads: int, preset_width: int, width: int, component: str, overrides: Overrides) -> int:
+    """Head counts are not in the shapes: the preset's when the width is the preset's, else an override."""
+    given = overrides.get(component, {}).get("num_heads")
+    if given is not None:
+        try:
+            return int(given)
+        except ValueError:
+            raise ValueError(f"--override {component}.num_heads={given}: expected an int") from None
+    if width == preset_width:
+        return preset_heads
+    raise ValueError(
+        f"{component}: width {width} differs from the real model's {preset_width}, so the head count cannot be "
+        f"taken from the preset; pass --override {component}.num_heads=N"
+    )
+
+
+def infer_qformer_config(
+    shapes: Shapes,
+    prefix: str,
+    query_tokens_key: str,
+    preset: QFormerConfig,
+    component: str,
+    overrides: Overrides,
+) -> QFormerConfig:
+    what = f"the {component} config"
+    _, num_queries, hidden = _shape(shapes, query_tokens_key, what)
+    layer_ids = _indices(shapes, rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
+    if not layer_ids:
+        raise CheckpointKeyError(missing=[f"{prefix}encoder.layer.0.attention.self.query.weight"], context=what)
+    num_layers = layer_ids[-1] + 1
+    cross = _indices(shapes, rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.crossattention\.self\.key\.weight")
+    if not cross:
+        raise CheckpointKeyError(missing=[f"{prefix}encoder.layer.0.crossattention.self.key.weight"], context=what)
+    encoder_width = _shape(shapes, f"{prefix}encoder.layer.{cross[0]}.crossattention.self.key.weight", what)[1]
+    # Cross-attention on layers i % freq == 0; with one such layer any freq >= num_layers fits (keep the preset's).
+    if len(cross) == 1:
+        freq = preset.cross_attention_freq if preset.cross_attention_freq >= num_layers else num_layers
+    else:
+        freq = cross[1] - cross[0]
+    if cross != [i for i in range(num_layers) if i % freq == 0]:
+        raise ValueError(
+            f"{component}: cross-attention on layers {cross} of {num_layers} is not every {freq}th layer from 0"
+        )
+    intermediate = _shape(shapes, f"{prefix}encoder.layer.0.intermediate_query.dense.weight", what)[0]
+    config = dataclasses.replace(
+        preset,
+        num_layers=num_layers,
+        hidden_size=hidden,
+        num_heads=_heads(preset.num_heads, preset.hidden_size, hidden, component, overrides),
+        intermediate_size=intermediate,
+        encoder_width=encoder_width,
+        cross_attention_freq=freq,
+        num_queries=num_queries,
+    )
+    return _apply_overrides(config, component, overrides)
+
+
+def infer_eva_vit_config(shapes: Shapes, overrides: Overrides) -> EvaViTConfig:
+    preset, what = EvaViTConfig.giant(), "the EVA ViT config"
+    width = _shape(shapes, "cls_token", what)[-1]
+    patch = _shape(shapes, "patch_embed.proj.weight", what)[-1]
+    tokens = _shape(shapes, "pos_embed", what)[1]
+    grid = math.isqrt(tokens - 1)
+    if grid * grid != tokens - 1:
+        raise ValueError(f"pos_embed has {tokens} tokens, not 1 + a square number of patches")
+    blocks = _indices(shapes, r"blocks\.(\d+)\.attn\.qkv\.weight")
+    if len(blocks) < 2:
+        raise ValueError(
+            f"eva_vit_g.pth should hold depth + 1 blocks (BLIP-2 drops the last); found {len(blocks)}"
+        )
+    config = EvaViTConfig(
+        img_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        depth=blocks[-1],  # the last block (blocks.39 of the real file) is not used
+        num_heads=_heads(preset.num_heads, preset.width, width, "visual_encoder", overrides),
+        mlp_dim=_shape(shapes, "blocks.0.mlp.fc1.weight", what)[0],
+        layer_norm_eps=preset.layer_norm_eps,
+    )
+    return _apply_overrides(config, "visual_encoder", overrides)
+
+
+def infer_imagebind_audio_config(shapes: Shapes, overrides: Overrides) -> ImageBindAudioConfig:
+    preset, what = ImageBindAudioConfig.huge(), "the ImageBind audio config"
+    pre, trunk = "modality_preprocessors.audio.", "modality_trunks.audio."
+    width = _shape(shapes, f"{pre}cls_token", what)[-1]
+    blocks = _indices(shapes, rf"{re.escape(trunk)}blocks\.(\d+)\.attn\.in_proj_weight")
+    config = dataclasses.replace(
+        preset,
+        width=width,
+        kernel_size=_shape(shapes, f"{pre}rgbt_stem.proj.weight", what)[-1],
+        depth=blocks[-1] + 1 if blocks else 0,
+        num_heads=_heads(preset.num_heads, preset.width, width, "audio_encoder", overrides),
+        mlp_dim=_shape(shapes, f"{trunk}blocks.0.mlp.fc1.weight", what)[0],
+        out_dim=_shape(shapes, "modality_heads.audio.2.weight", what)[0],
+    )
+    return _apply_overrides(config, "audio_encoder", overrides)
+
+
+# ------------------------------------------------------------------------------------------------ kinds
+def _rooted(table: Mapping[str, TensorRule], component: str) -> dict[str, TensorRule]:
+    return {
+        k: TensorRule(None if r.target is None else (component, *r.target), r.shape, r.transform)
+        for k, r in table.items()
+    }
+
+
+def _plan_eva(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    _check_overrides_used(overrides, ["visual_encoder"], "eva-vit-g")
+    config = infer_eva_vit_config(shapes, overrides)
+    return Plan(
+        "eva-vit-g",
+        _rooted(eva_vit_key_table(config), "visual_encoder"),
+        eva_vit_ignorable_keys(config),
+        {"visual_encoder": Component("EvaViT", config)},
+        notes=[f"blocks beyond {config.depth - 1} are skipped on purpose (BLIP-2 uses the second-to-last layer)"],
+    )
+
+
+def _plan_blip2(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    _check_overrides_used(overrides, ["image_qformer", "ln_vision"], "blip2-qformer")
+    config = infer_qformer_config(
+        shapes, "Qformer.bert.", "query_tokens", QFormerConfig.image(), "image_qformer", overrides
+    )
+    width = _shape(shapes, "ln_vision.weight", "the ln_vision width")[0]
+    ln_overrides = dict(overrides.get("ln_vision", {}))
+    extra = sorted(set(ln_overrides) - {"eps"})
+    if extra:
+        raise ValueError(f"--override ln_vision.{extra[0]}: only ln_vision.eps can be set")
+    try:
+        ln_eps = float(ln_overrides.get("eps", 1e-5))
+    except ValueError:
+        raise ValueError(f"--override ln_vision.eps={ln_overrides['eps']}: expected a float") from None
+    table = _rooted(qformer_key_table(config, "Qformer.bert.", "query_tokens"), "image_qformer")
+    table.update(_rooted(ln_vision_key_table(width), "ln_vision"))
+    # A BLIP-2 training checkpoint also holds the text side and the T5 projection: not used with queries only.
+    ignorable = qformer_ignorable_keys("Qformer.bert.") + [r"t5_proj\..+", r"opt_proj\..+", r"llm_proj\..+"]
+    return Plan(
+        "blip2-qformer",
+        table,
+        ignorable,
+        {
+            "image_qformer": Component("QFormer", config),
+            "ln_vision": Component("LayerNorm", {"num_features": width, "eps": ln_eps}),
+        },
+    )
+
+
+def _plan_imagebind(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    _check_overrides_used(overrides, ["audio_encoder"], "imagebind-audio")
+    config = infer_imagebind_audio_config(shapes, overrides)
+    return Plan(
+        "imagebind-audio",
+        _rooted(imagebind_audio_key_table(config), "audio_encoder"),
+        imagebind_audio_ignorable_keys(),
+        {"audio_encoder": Component("ImageBindAudio", config)},
+        notes=[
+            f"{LOG_LOGIT_SCALE_KEY} is checked against logit_scale={config.logit_scale} and not stored",
+            "the vision, text, depth, thermal and IMU modalities are skipped on purpose",
+        ],
+    )
+
+
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+)
+
+
+def read_hf_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.exists():
+        raise ValueError(f"{directory} has no config.json: hf-llama expects a Hugging Face model directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _plan_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    _check_overrides_used(overrides, ["llama"], "hf-llama")
+    hf_config = read_hf_config(source)
+    config = _apply_overrides(LlamaConfig.from_hf_config(hf_config), "llama", overrides)
+    table = {}
+    for key in expected_llama_keys(config):
+        target = llama_key_to_target(key, config)
+        table[key] = TensorRule(("llama", *target.path), target.torch_shape, target.transform)
+    tokenizer = [name for name in TOKENIZER_FILES if (source / name).exists()]
+    notes = [] if tokenizer else [f"no tokenizer files in {source} (looked for {list(TOKENIZER_FILES)})"]
+    return Plan(
+        "hf-llama",
+        table,
+        list(llama_ignorable_patterns()),
+        {"llama": Component("Llama", config)},
+        notes=notes,
+        hf_config=hf_config,
+        tokenizer_dir=source if tokenizer else None,
+    )
+
+
+def _plan_video_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    branches = deemo.branches_in(shapes)
+    _check_overrides_used(overrides, [b.qformer_attr for b in branches], "this video-llama file")
+    table: dict[str, TensorRule] = {}
+    components: dict[str, Component] = {}
+    presets = {"video": QFormerConfig.video(), "audio": QFormerConfig.audio()}
+    for b in branches:
+        config = infer_qformer_config(
+            shapes, b.qformer_prefix, b.query_tokens_key, presets[b.name], b.qformer_attr, overrides
+        )
+        positions = _shape(shapes, b.position_key, f"the {b.name} position table")[0]
+        llm_hidden = _shape(shapes, f"{b.proj_key}.weight", f"the {b.name} projection")[0]
+        table.update(deemo.branch_key_table(b, config, positions, llm_hidden))
+        components[b.qformer_attr] = Component("QFormer", config)
+        components[b.position_attr] = Component(
+            "Embed", {"num_embeddings": positions, "features": config.encoder_width}
+        )
+        components[b.proj_attr] = Component(
+            "Linear", {"in_features": config.hidden_size, "out_features": llm_hidden}
+        )
+    missing_branches = [name for name in ("video", "audio") if deemo.BRANCHES[name] not in branches]
+    notes = [f"the file holds no {name} branch; only {[b.name for b in branches]} converted" for name in
+             missing_branches]
+    return Plan("video-llama", table, deemo.deemo_ignorable_keys(branches), components, notes=notes)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    summary: str
+    input: str  # what --input is
+    container_key: str | None  # unwrapped from a .pth when present
+    default_dtype: str
+    signature: Callable[[set[str]], bool]  # does a key set look like this kind?
+    build: Callable[[Shapes, Overrides, Path], Plan]
+    input_is_dir: bool = False
+
+
+def _has(*keys: str) -> Callable[[set[str]], bool]:
+    return lambda available: all(k in available for k in keys)
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            "eva-vit-g",
+            "EVA-CLIP ViT-g/14 (LAVIS eva_vit_g.pth; blocks.39 dropped)",
+            "eva_vit_g.pth (raw state dict)",
+            None,
+            "float32",
+            _has("patch_embed.proj.weight", "blocks.0.attn.qkv.weight"),
+            _plan_eva,
+        ),
+        Kind(
+            "blip2-qformer",
+            "BLIP-2 image Q-Former + query tokens + ln_vision",
+            "blip2_pretrained_flant5xxl.pth (['model'])",
+            "model",
+            "float32",
+            _has("query_tokens", "Qformer.bert.encoder.layer.0.attention.self.query.weight"),
+            _plan_blip2,
+        ),
+        Kind(
+            "imagebind-audio",
+            "ImageBind-Huge audio tower",
+            "imagebind_huge.pth (raw state dict, all modalities)",
+            None,
+            "float32",
+            _has("modality_trunks.audio.blocks.0.attn.in_proj_weight"),
+            _plan_imagebind,
+        ),
+        Kind(
+            "hf-llama",
+            "Hugging Face LLaMA / Vicuna (LlamaForCausalLM) + tokenizer",
+            "a Hugging Face model directory (config.json, *.safetensors or pytorch_model-*.bin, tokenizer)",
+            None,
+            "bfloat16",
+            _has("model.layers.0.self_attn.q_proj.weight"),
+            _plan_llama,
+            input_is_dir=True,
+        ),
+        Kind(
+            "video-llama",
+            "trainable video and/or audio branch of a Video-LLaMA / AffectGPT / DEEMO fine-tuned checkpoint",
+            "a fine-tuned .pth (['model'])",
+            "model",
+            "float32",
+            lambda available: bool(deemo.branches_in(available)),
+            _plan_video_llama,
+        ),
+    )
+}
+
+
+def detect_kinds(keys: set[str]) -> list[str]:
+    """Kinds whose signature keys the checkpoint holds."""
+    return [name for name, kind in KINDS.items() if kind.signature(keys)]
+
+
+def check_kind(kind: Kind, keys: set[str], source: Path) -> None:
+    """Raise a one-line ``ValueError`` when the file is not a ``kind`` checkpoint (naming what it looks like)."""
+    if kind.signature(keys):
+        return
+    others = [k for k in detect_kinds(keys) if k != kind.name]
+    if others:
+        raise ValueError(
+            f"wrong kind: {source} looks like {_article(others[0])} {others[0]} checkpoint "
+            f"({KINDS[others[0]].summary}), not {kind.name}; use --source {others[0]}"
+        )
+    sample = sorted(keys)[:6]
+    raise ValueError(
+        f"wrong kind: {source} has none of the keys of {_article(kind.name)} {kind.name} checkpoint ({kind.input}); "
+        f"its {len(keys)} keys start with {sample}"
+    )
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeio" else "a"

@@ -1,0 +1,256 @@
+"""One conversion: read -> check keys -> stream into Orbax -> tokenizer -> manifest -> (verify) -> install.
+
+The output is staged in ``OUT.tmp-XXXX`` next to ``OUT`` and renamed into place only once the manifest (written
+last) is there, so an interrupted conversion never leaves a directory that looks complete; a failed run removes
+its staging directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import resource
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deemo_jax.convert import converted
+from deemo_jax.convert.common import check_keys
+from deemo_jax.convert.kinds import KINDS, Kind, Plan, check_kind, parse_overrides
+from deemo_jax.convert.readers import CheckpointFormatError, TensorReader, open_checkpoint
+
+DTYPES = ("float32", "bfloat16")
+
+
+class VerificationError(RuntimeError):
+    """The converted component does not reproduce its PyTorch reference within tolerance."""
+
+
+@dataclass
+class ConversionResult:
+    output: Path
+    manifest: dict
+    stats: converted.WriteStats
+    verification: dict | None = None
+    log: list[str] = field(default_factory=list)
+
+
+class _Hasher(threading.Thread):
+    """sha256 of the source files in the background (plain reads: page cache, not process memory)."""
+
+    def __init__(self, files: Sequence[Path]):
+        super().__init__(daemon=True)
+        self.files = list(files)
+        self.result: list[dict] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for f in self.files:
+                h = hashlib.sha256()
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(16 * 2**20):
+                        h.update(chunk)
+                self.result.append({"name": f.name, "bytes": f.stat().st_size, "sha256": h.hexdigest()})
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            self.error = e
+
+
+def _dtype(name: str) -> Any:
+    import jax.numpy as jnp
+
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: choose one of {DTYPES}")
+    return jnp.dtype(name)
+
+
+def open_source(kind: Kind, path: Path) -> TensorReader:
+    if kind.input_is_dir and not path.is_dir():
+        raise CheckpointFormatError(f"{kind.name} expects {kind.input}; {path} is not a directory")
+    if not kind.input_is_dir and path.is_dir():
+        raise CheckpointFormatError(f"{kind.name} expects a file ({kind.input}); {path} is a directory")
+    return open_checkpoint(path, container_key=kind.container_key)
+
+
+def plan_conversion(
+    kind: Kind, reader: TensorReader, source: Path, overrides: Sequence[str] = (), allow_unexpected: bool = False
+) -> tuple[Plan, dict[str, str]]:
+    """The plan for this file and the skipped keys (key -> reason); raises on missing/unexpected/mis-shaped."""
+    shapes = reader.shapes()
+    check_kind(kind, set(shapes), source)
+    plan = kind.build(shapes, parse_overrides(overrides), source)
+    check_keys(
+        shapes,
+        {k: r.shape for k, r in plan.table.items()},
+        plan.ignorable,
+        allow_unexpected=allow_unexpected,
+        context=f"{kind.name} ({source.name})",
+    )
+    patterns = [re.compile(p) for p in plan.ignorable]
+    skipped = {}
+    for key in shapes:
+        if key not in plan.table:
+            known = any(p.fullmatch(key) for p in patterns)
+            skipped[key] = "ignorable" if known else "unexpected (allowed by --allow-unexpected)"
+    for key in reader.non_tensor_keys:
+        skipped[key] = "not a tensor"
+    return plan, skipped
+
+
+def convert_checkpoint(
+    source: str,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    dtype: str | None = None,
+    overrides: Sequence[str] = (),
+    verify: bool = False,
+    verify_layers: int | None = None,
+    overwrite: bool = False,
+    allow_unexpected: bool = False,
+    progress: bool | None = None,
+    log=print,
+) -> ConversionResult:
+    """Convert one checkpoint (see ``scripts/convert_checkpoint.py --help``); returns what was written."""
+    if source not in KINDS:
+        raise ValueError(f"--source {source!r}: choose one of {sorted(KINDS)}")
+    kind = KINDS[source]
+    dtype_name = dtype or kind.default_dtype
+    out_dtype = _dtype(dtype_name)
+    input_path, output = Path(input_path), Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a directory; remove it first")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    with open_source(kind, input_path) as reader:
+        for note in reader.notes:
+            log(f"note: {note}")
+        plan, skipped = plan_conversion(kind, reader, input_path, overrides, allow_unexpected)
+        for note in plan.notes:
+            log(f"note: {note}")
+        unexpected = sorted(k for k, why in skipped.items() if why.startswith("unexpected"))
+        if unexpected:
+            log(f"warning: {len(unexpected)} unexpected keys skipped (--allow-unexpected): {unexpected[:8]}")
+        hasher = _Hasher(reader.files)
+        hasher.start()
+        staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
+        try:
+            stats = converted.write_params(
+                reader, plan, staging / converted.PARAMS_DIR, out_dtype, progress=progress
+            )
+            log(
+                f"wrote {len(stats.converted)} tensors, {stats.num_parameters:,} parameters, "
+                f"{stats.bytes_written / 2**20:.1f} MiB ({dtype_name}) in {stats.seconds:.1f} s "
+                f"({stats.bytes_read / 2**20 / max(stats.seconds, 1e-9):.1f} MB/s read); "
+                f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+            )
+            tokenizer_files = _copy_tokenizer(plan, staging)
+            hasher.join()
+            if hasher.error is not None:
+                raise OSError(f"could not hash the source files: {hasher.error}")
+            manifest = _manifest(kind, plan, stats, skipped, hasher.result, dtype_name, reader, tokenizer_files)
+            converted.write_manifest(staging, manifest)
+            verification = None
+            if verify:
+                from deemo_jax.convert.verify import verify_conversion
+
+                verification = verify_conversion(kind.name, staging, reader, plan, out_dtype, verify_layers, log)
+                manifest["verification"] = verification
+                converted.write_manifest(staging, manifest)
+                if not verification["passed"]:
+                    raise VerificationError(
+                        f"verification failed: max_abs_diff={verification['max_abs_diff']:.3g} > tolerance "
+                        f"{verification['tolerance']:.3g}; nothing was written to {output}"
+                    )
+            _install(staging, output)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    log(f"converted {kind.name} -> {output}")
+    return ConversionResult(output, manifest, stats, verification)
+
+
+def _copy_tokenizer(plan: Plan, staging: Path) -> list[str]:
+    if plan.tokenizer_dir is None:
+        return []
+    from deemo_jax.convert.kinds import TOKENIZER_FILES
+
+    target = staging / converted.TOKENIZER_DIR
+    target.mkdir()
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (plan.tokenizer_dir / name).exists():
+            shutil.copy2(plan.tokenizer_dir / name, target / name)
+            copied.append(name)
+    return copied
+
+
+def _manifest(
+    kind: Kind,
+    plan: Plan,
+    stats: converted.WriteStats,
+    skipped: dict[str, str],
+    sources: list[dict],
+    dtype_name: str,
+    reader: TensorReader,
+    tokenizer_files: list[str],
+) -> dict:
+    return {
+        "format": converted.FORMAT,
+        "format_version": converted.FORMAT_VERSION,
+        "kind": kind.name,
+        "deemo_jax_version": _version(),
+        "created_unix": int(time.time()),
+        "sources": sources,
+        "source_notes": reader.notes,
+        "dtype": dtype_name,
+        "params": converted.PARAMS_DIR,
+        "layout": "Orbax v1 PyTree checkpoint (partial saves, finalized); tree = {component: NNX pure dict}",
+        "components": {
+            name: {"module": c.module, "config": c.config_dict()} for name, c in plan.components.items()
+        },
+        "hf_config": plan.hf_config,
+        "tokenizer": {"dir": converted.TOKENIZER_DIR, "files": tokenizer_files} if tokenizer_files else None,
+        "num_parameters": stats.num_parameters,
+        "bytes": stats.bytes_written,
+        "converted_keys": stats.converted,
+        "checked_keys": stats.checked,
+        "skipped_keys": skipped,
+        "notes": plan.notes,
+        "verification": None,
+    }
+
+
+def _version() -> str:
+    """The installed deemo-jax version, or the one in the checkout's pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deemo-jax")
+    except PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def _install(staging: Path, output: Path) -> None:
+    """Move the finished staging directory to ``output`` (replacing an old one only after it is complete)."""
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{output.name}.old-", dir=output.parent))
+        old.rmdir()
+        output.rename(old)
+        staging.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(output)
