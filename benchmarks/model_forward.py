@@ -1,0 +1,161 @@
+"""LLaMA forward throughput: deemo_jax (jitted, fp32) vs transformers/PyTorch (fp32, sdpa), same weights.
+
+    python benchmarks/model_forward.py                # 8 layers, hidden 1024, batch 4 x 512 tokens
+    python benchmarks/model_forward.py --iters 5 --warmup 2
+    python benchmarks/model_forward.py --jax-cpu-dots ynnpack   # XLA:CPU's default dot library instead
+
+Both sides compute the full [B, L, vocab] float32 logits of the same random token ids with the same weights
+(the torch model's initialisation, converted with ``deemo_jax.convert.llama``). The PyTorch side is set up at
+its best for CPU inference: ``eval()``, ``torch.inference_mode()``, ``attn_implementation="sdpa"`` and
+``torch.set_num_threads(os.cpu_count())``. The JAX side is one ``jax.jit`` over the split model state, warmed
+up, with every timed call blocked on its result. Prints tokens/s of each and the ratio JAX/torch.
+
+XLA:CPU (jaxlib 0.10.2) hands float32 dots to YNNPACK by default. On the 2-core AMD EPYC used for
+BENCHMARKS.md that path ran the model's GEMMs at 0.64-0.89x PyTorch's (MKL), Eigen's at 0.93-1.17x, so
+``--jax-cpu-dots eigen`` (the default here) sets ``--xla_cpu_experimental_ynn_fusion_type=`` before JAX
+starts, unless XLA_FLAGS already chooses. Results agree up to float rounding; try both on another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_interleaved(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
+    """Wall time per call, the contenders alternating so that machine noise hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for step in range(warmup + iters):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--intermediate", type=int, default=2816)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument(
+        "--jax-cpu-dots",
+        choices=("eigen", "ynnpack"),
+        default="eigen",
+        help="XLA:CPU library for dots (eigen: disable the YNNPACK dot fusion; ynnpack: XLA's default)",
+    )
+    args = parser.parse_args()
+    if args.iters < 1 or args.warmup < 0:
+        parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if args.jax_cpu_dots == "eigen" and YNN_FLAG not in xla_flags:
+        os.environ["XLA_FLAGS"] = f"{xla_flags} {YNN_FLAG}=".strip()
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    # Imported here: XLA_FLAGS must be final before JAX starts.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import transformers
+    from flax import nnx
+
+    from deemo_jax.convert.llama import llama_params_from_torch
+    from deemo_jax.models.llama import Llama, LlamaConfig, count_params
+
+    torch.set_num_threads(os.cpu_count())
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=max(2048, args.seq),
+    )
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model_name()}")
+    print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")  # fmt: skip
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+    torch.manual_seed(0)
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta,
+        max_position_embeddings=config.max_position_embeddings,
+        attn_implementation="sdpa",
+    )
+    hf = transformers.LlamaForCausalLM(hf_config).eval()
+    state_dict = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, llama_params_from_torch(state_dict, config)))
+    model = nnx.merge(graphdef, state)
+    c = config
+    print(f"model: {count_params(model) / 1e6:.1f} M parameters, {c.num_hidden_layers} layers, hidden "
+          f"{c.hidden_size}, {c.num_attention_heads} heads; batch {args.batch} x {args.seq}")  # fmt: skip
+    del state_dict
+
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
+    tokens = ids.size
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids)[0])
+    jax_ids = jnp.asarray(ids)
+    torch_ids = torch.from_numpy(ids).long()
+
+    jax_logits = np.asarray(forward(state, jax_ids))
+    with torch.inference_mode():
+        torch_logits = hf(input_ids=torch_ids).logits.numpy()
+    print(f"max |logits JAX - torch| = {np.abs(jax_logits - torch_logits).max():.2e}")
+    del jax_logits, torch_logits
+
+    with torch.inference_mode():
+        contenders = {
+            "jax": lambda: forward(state, jax_ids).block_until_ready(),
+            "torch": lambda: hf(input_ids=torch_ids),
+        }
+        times = time_interleaved(contenders, args.warmup, args.iters)
+    jax_times, torch_times = times["jax"], times["torch"]
+
+    jax_tps = tokens / statistics.median(jax_times)
+    torch_tps = tokens / statistics.median(torch_times)
+    for name, tps, t in (("JAX", jax_tps, jax_times), ("torch", torch_tps, torch_times)):
+        median = statistics.median(t)
+        print(f"{name:6s}: {tps:9.1f} tokens/s (median of {args.iters}: {median:.3f} s per forward)")
+    print(f"ratio JAX/torch = {jax_tps / torch_tps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,559 @@
+"""LLaMA / Vicuna decoder (HF ``LlamaForCausalLM`` numerics) in Flax NNX, with a functional KV cache.
+
+Numerics follow transformers' LLaMA: RMSNorm variance in float32, cast back to the input dtype, then times the
+weight; rotary embeddings in the "rotate half" (non-interleaved) convention with ``rope_theta``; grouped-query
+attention; SwiGLU MLP; untied ``lm_head``; no biases. Softmax always runs in float32; logits are returned in
+float32.
+
+Positions and padding
+---------------------
+``attention_mask`` ([B, L], 1 = real token) may pad on the left or on the right. Padding keys are never
+attended to; the outputs at padding positions are meaningless. Unless ``positions`` is given, each row counts
+its own real tokens: ``positions = cumsum(mask) - 1`` (clipped at 0), continued from the cache when one is
+used. A left-padded row therefore starts at position 0 exactly like the unpadded sequence.
+
+KV cache (for a jitted generation loop)
+---------------------------------------
+:class:`KVCache` is a pytree (``flax.struct`` dataclass) with static shapes, so it can be carried through
+``jax.jit`` / ``jax.lax.while_loop``::
+
+    cache = model.init_cache(batch_size=B, max_length=P + max_new_tokens)
+    # prefill: the whole (preferably left-padded) prompt, with its mask
+    logits, cache = model(input_ids=prompt_ids, attention_mask=prompt_mask, cache=cache)
+    next_ids = pick(logits[:, -1])                      # left padding: the last column is real for every row
+    for _ in range(max_new_tokens - 1):                 # or lax.while_loop / fori_loop over (cache, ids)
+        logits, cache = model(input_ids=next_ids[:, None], cache=cache)
+        next_ids = pick(logits[:, -1])
+
+Each call writes its L new keys/values into slots ``[cache.index, cache.index + L)`` of every row
+(``index`` is shared by the rows), records their validity in ``cache.mask`` and advances ``cache.positions``
+([B], the next RoPE position of each row) by the number of real tokens of that row. A decode step without
+``attention_mask`` counts its token as real. Rows of different prompt lengths are handled by the mask, so
+right-padded prompts work as well (take the prefill logits at ``sum(mask) - 1`` then). Slots are attended in
+write order (causal in slot order) and only where ``cache.mask`` is set. ``inputs_embeds`` may replace
+``input_ids`` in any call (e.g. a prefill with spliced multimodal embeddings).
+
+Overflow (``index + L > max_length``) raises ``ValueError`` when ``index`` is concrete; inside ``jax.jit``
+it cannot raise, so the returned logits are set to NaN instead of silently overwriting the last slots. Size
+the cache for prompt + new tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from deemo_jax import sharding
+from deemo_jax.models import layers
+
+Dtype = Any
+
+_ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rms_norm_eps: float
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    remat: bool = False
+    # ``implementation`` of jax.nn.dot_product_attention: None (XLA) or "cudnn" (GPU, fp16/bf16 only).
+    attention_impl: str | None = None
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"LlamaConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"LlamaConfig: num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.attention_impl not in _ATTENTION_IMPLS:
+            raise ValueError(
+                f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def vicuna_7b(cls, **overrides: Any) -> LlamaConfig:
+        """Vicuna-7B v0 / LLaMA-1-7B (the LLM of Video-LLaMA and AffectGPT)."""
+        base = dict(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            max_position_embeddings=2048,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def llama2_7b(cls, **overrides: Any) -> LlamaConfig:
+        """LLaMA-2-7B(-chat) as in the official HF config (eps 1e-5, 4096 positions)."""
+        return cls.vicuna_7b(**{"rms_norm_eps": 1e-5, "max_position_embeddings": 4096, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> LlamaConfig:
+        """A test-size model with grouped-query attention (4 query heads sharing 2 key/value heads)."""
+        base = dict(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            max_position_embeddings=128,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def from_hf_config(cls, d: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+        """Read a Hugging Face LLaMA ``config.json`` dict; ``overrides`` set dtype, param_dtype, remat, ...
+
+        Rejects what this implementation does not compute (RoPE scaling, biases, tied embeddings, another
+        activation, a head_dim other than hidden/heads) instead of silently producing different numbers.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"from_hf_config expects the parsed config.json dict, got {type(d).__name__}")
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+        )
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"from_hf_config: config.json lacks {missing}; is this a LLaMA config?")
+        model_type = d.get("model_type", "llama")
+        if model_type != "llama":
+            raise ValueError(f"from_hf_config: model_type {model_type!r} is not supported (expected 'llama')")
+        rope_theta = d.get("rope_theta")
+        # transformers >= 5 writes {"rope_type": ..., "rope_theta": ...} under rope_parameters.
+        for field in ("rope_scaling", "rope_parameters"):
+            rope = d.get(field)
+            if rope is None:
+                continue
+            if not isinstance(rope, Mapping):
+                raise ValueError(f"from_hf_config: {field} must be a dict or null, got {rope!r}")
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type != "default":
+                raise ValueError(
+                    f"from_hf_config: {field} with rope_type {rope_type!r} ({dict(rope)}) is not supported; "
+                    "only plain RoPE (rope_type 'default' or no rope_scaling) is implemented"
+                )
+            if "rope_theta" in rope:
+                if rope_theta is not None and float(rope["rope_theta"]) != float(rope_theta):
+                    raise ValueError(
+                        f"from_hf_config: rope_theta {rope_theta} disagrees with {field}.rope_theta "
+                        f"{rope['rope_theta']}"
+                    )
+                rope_theta = rope["rope_theta"]
+        for flag in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
+            if d.get(flag, False):
+                raise ValueError(f"from_hf_config: {flag}=true is not supported by this LLaMA implementation")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"from_hf_config: hidden_act {act!r} is not supported (expected 'silu')")
+        heads = int(d["num_attention_heads"])
+        head_dim = d.get("head_dim")
+        if head_dim is not None and int(head_dim) * heads != int(d["hidden_size"]):
+            raise ValueError(
+                f"from_hf_config: head_dim {head_dim} * num_attention_heads {heads} != hidden_size "
+                f"{d['hidden_size']}; a decoupled head_dim is not supported"
+            )
+        kv_heads = d.get("num_key_value_heads")
+        kwargs = dict(
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=int(d["hidden_size"]),
+            intermediate_size=int(d["intermediate_size"]),
+            num_hidden_layers=int(d["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=heads if kv_heads is None else int(kv_heads),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=10000.0 if rope_theta is None else float(rope_theta),
+            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+        )
+        return cls(**{**kwargs, **overrides})
+
+
+@struct.dataclass
+class KVCache:
+    """Per-layer keys/values ``[B, max_length, kv_heads, head_dim]`` plus bookkeeping (see module docstring).
+
+    ``mask`` [B, max_length] bool: which slots hold real tokens; ``index`` int32 scalar: next slot to write
+    (shared by all rows); ``positions`` int32 [B]: next RoPE position of each row.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+    positions: jax.Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.mask.shape[1]
+
+
+class RMSNorm(nnx.Module):
+    """HF LlamaRMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps)).astype(x.dtype)``, statistics in float32."""
+
+    def __init__(
+        self, num_features: int, *, eps: float, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32
+    ):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype), logical_axes=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * self.scale[...].astype(self.dtype)
+
+
+def rotary_cos_sin(
+    positions: jax.Array, head_dim: int, theta: float, dtype: Dtype
+) -> tuple[jax.Array, jax.Array]:
+    """cos/sin ``[B, L, head_dim]`` for integer positions [B, L] (frequencies, angles in float32 like HF)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on ``x`` [B, L, heads, head_dim] with cos/sin [B, L, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        c = config
+        kv_dim = c.num_key_value_heads * c.head_dim
+        kw = dict(rngs=rngs, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype)
+        self.q_proj = layers.dense(c.hidden_size, c.hidden_size, ("embed", "heads"), **kw)
+        self.k_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), **kw)
+        self.v_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), **kw)
+        self.o_proj = layers.dense(c.hidden_size, c.hidden_size, ("heads", "embed"), **kw)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array | None,
+        is_causal: bool,
+        kv: tuple[jax.Array, jax.Array] | None,
+        write_index: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        c = self.config
+        q = layers.split_heads(self.q_proj(x), c.num_attention_heads)
+        k = layers.split_heads(self.k_proj(x), c.num_key_value_heads)
+        v = layers.split_heads(self.v_proj(x), c.num_key_value_heads)
+        q = sharding.constrain(
+            apply_rotary(q, cos, sin), ("activation_batch", "activation_length", "activation_heads", None)
+        )
+        k = sharding.constrain(
+            apply_rotary(k, cos, sin), ("activation_batch", "activation_length", "activation_kv_heads", None)
+        )
+        v = sharding.constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+        if kv is not None:
+            start = (0, write_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+            kv = (k, v)
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=is_causal, implementation=c.attention_impl
+        )
+        out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
+        return self.o_proj(layers.merge_heads(out)), kv
+
+
+class LlamaMLP(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        kw = dict(rngs=rngs, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype)
+        self.gate_proj = layers.dense(c.hidden_size, c.intermediate_size, ("embed", "mlp"), **kw)
+        self.up_proj = layers.dense(c.hidden_size, c.intermediate_size, ("embed", "mlp"), **kw)
+        self.down_proj = layers.dense(c.intermediate_size, c.hidden_size, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+        return self.down_proj(h)
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        norm_kw = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        self.input_layernorm = RMSNorm(c.hidden_size, **norm_kw)
+        self.self_attn = LlamaAttention(c, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, **norm_kw)
+        self.mlp = LlamaMLP(c, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, is_causal, kv, write_index):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, kv, write_index)
+        x = sharding.constrain(x + h, ("activation_batch", "activation_length", "activation_embed"))
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed")), kv
+
+
+def _run_layer(layer, x, cos, sin, mask, is_causal, kv, write_index):
+    return layer(x, cos, sin, mask, is_causal, kv, write_index)
+
+
+# ``is_causal`` (argument 5, counting the layer) is a Python bool.
+_run_layer_remat = nnx.remat(_run_layer, static_argnums=(5,))
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+class Llama(nnx.Module):
+    """``LlamaForCausalLM``: ``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, LlamaConfig):
+            raise ValueError(f"Llama expects a LlamaConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.embed_tokens = nnx.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            embedding_init=layers.DEFAULT_KERNEL_INIT,
+            rngs=rngs,
+            embedding_metadata={"logical_axes": ("vocab", "embed")},
+        )
+        self.layers = nnx.List([LlamaDecoderLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
+        self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        self.lm_head = layers.dense(
+            c.hidden_size,
+            c.vocab_size,
+            ("embed", "vocab"),
+            rngs=rngs,
+            use_bias=False,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+        )
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings ``[B, L, D]`` in the compute dtype (ids must lie in ``[0, vocab_size)``)."""
+        if np.ndim(input_ids) != 2:
+            raise ValueError(
+                f"Llama.embed: input_ids must be [batch, length], got shape {np.shape(input_ids)}"
+            )
+        if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
+            raise ValueError(
+                f"Llama.embed: input_ids must be integers, got dtype {jnp.result_type(input_ids)}"
+            )
+        if _is_concrete(input_ids) and np.size(input_ids):
+            # Host-side check (outside jit): out-of-range ids would silently embed as NaN.
+            host = np.asarray(input_ids)
+            lo, hi = int(host.min()), int(host.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"Llama.embed: token ids must lie in [0, {self.config.vocab_size}), got range "
+                    f"[{lo}, {hi}] (map placeholder ids to 0 before embedding)"
+                )
+        x = self.embed_tokens(jnp.asarray(input_ids)).astype(self.config.dtype)
+        return sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: Dtype | None = None) -> KVCache:
+        """An empty cache of ``batch_size`` rows, ``max_length`` slots (dtype None: the compute dtype)."""
+        c = self.config
+        if batch_size <= 0 or max_length <= 0:
+            raise ValueError(
+                f"init_cache: batch_size and max_length must be positive, got {batch_size} and {max_length}"
+            )
+        dtype = c.dtype if dtype is None else dtype
+        shape = (batch_size, max_length, c.num_key_value_heads, c.head_dim)
+        return KVCache(
+            keys=tuple(jnp.zeros(shape, dtype) for _ in range(c.num_hidden_layers)),
+            values=tuple(jnp.zeros(shape, dtype) for _ in range(c.num_hidden_layers)),
+            mask=jnp.zeros((batch_size, max_length), jnp.bool_),
+            index=jnp.zeros((), jnp.int32),
+            positions=jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Logits ``[B, L, vocab]`` (float32) and the updated cache (None without a cache).
+
+        Args:
+          input_ids: int ``[B, L]``; or ``inputs_embeds`` ``[B, L, hidden_size]`` (exactly one of them).
+          attention_mask: int/bool ``[B, L]``, 1 on real tokens (left or right padding); None = all real.
+          positions: int ``[B, L]`` RoPE positions; None = each row's count of real tokens so far (see the
+            module docstring). Explicit positions do not change how ``cache.positions`` advances.
+          cache: a :class:`KVCache` from :meth:`init_cache`; the new tokens are appended to it.
+        """
+        c = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Llama: pass exactly one of input_ids [B, L] or inputs_embeds [B, L, D]")
+        # Validate every shape before computing anything.
+        if inputs_embeds is not None:
+            shape = np.shape(inputs_embeds)
+            if len(shape) != 3 or shape[-1] != c.hidden_size:
+                raise ValueError(
+                    f"Llama: inputs_embeds must be [batch, length, {c.hidden_size}], got shape {shape}"
+                )
+        else:
+            shape = np.shape(input_ids)
+            if len(shape) != 2:
+                raise ValueError(f"Llama: input_ids must be [batch, length], got shape {shape}")
+        batch, length = shape[:2]
+        if length == 0:
+            raise ValueError("Llama: the input sequence is empty (length 0)")
+        for name, value in (("attention_mask", attention_mask), ("positions", positions)):
+            if value is not None and np.shape(value) != (batch, length):
+                raise ValueError(
+                    f"Llama: {name} must have the input shape {(batch, length)}, got {np.shape(value)}"
+                )
+        if cache is not None:
+            self._check_cache(cache, batch, length)
+
+        if input_ids is not None:
+            x = self.embed(input_ids)
+        else:
+            x = sharding.constrain(
+                jnp.asarray(inputs_embeds, c.dtype),
+                ("activation_batch", "activation_length", "activation_embed"),
+            )
+        if attention_mask is not None:
+            real = jnp.asarray(attention_mask).astype(jnp.bool_)
+        else:
+            real = jnp.ones((batch, length), jnp.bool_)
+        if positions is not None:
+            positions = jnp.asarray(positions)
+
+        if cache is None:
+            if positions is None:
+                positions = jnp.maximum(jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1, 0)
+            # Causal masking by the implementation, padding keys masked here ([B, 1, 1, L]).
+            mask = None if attention_mask is None else real[:, None, None, :]
+            is_causal, write_index, kvs = True, None, [None] * c.num_hidden_layers
+        else:
+            write_index = cache.index
+            if positions is None:
+                positions = cache.positions[:, None] + jnp.maximum(
+                    jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1, 0
+                )
+            key_mask = jax.lax.dynamic_update_slice(cache.mask, real, (0, write_index))
+            query_slot = write_index + jnp.arange(length, dtype=jnp.int32)
+            causal = jnp.arange(cache.max_length, dtype=jnp.int32)[None, :] <= query_slot[:, None]
+            mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [B, 1, L, max_length]
+            is_causal, kvs = False, list(zip(cache.keys, cache.values, strict=True))
+
+        cos, sin = rotary_cos_sin(positions, c.head_dim, c.rope_theta, c.dtype)
+        run = _run_layer_remat if c.remat else _run_layer
+        new_kvs = []
+        for layer, kv in zip(self.layers, kvs, strict=True):
+            x, kv = run(layer, x, cos, sin, mask, is_causal, kv, write_index)
+            new_kvs.append(kv)
+        x = self.norm(x)
+        logits = self.lm_head(x).astype(jnp.float32)
+        logits = sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+        if cache is None:
+            return logits, None
+        new_index = write_index + length
+        # Inside jit an overflow cannot raise: poison the logits rather than return wrong numbers.
+        logits = jnp.where(new_index > cache.max_length, jnp.nan, logits)
+        new_cache = KVCache(
+            keys=tuple(k for k, _ in new_kvs),
+            values=tuple(v for _, v in new_kvs),
+            mask=key_mask,
+            index=new_index,
+            positions=cache.positions + jnp.sum(real, axis=1, dtype=jnp.int32),
+        )
+        return logits, new_cache
+
+    def _check_cache(self, cache: KVCache, batch: int, length: int) -> None:
+        c = self.config
+        if not isinstance(cache, KVCache):
+            raise ValueError(f"Llama: cache must be a KVCache from init_cache, got {type(cache).__name__}")
+        if len(cache.keys) != c.num_hidden_layers:
+            raise ValueError(f"Llama: cache has {len(cache.keys)} layers, the model {c.num_hidden_layers}")
+        expected = (batch, cache.max_length, c.num_key_value_heads, c.head_dim)
+        if cache.batch_size != batch or tuple(cache.keys[0].shape) != expected:
+            raise ValueError(
+                f"Llama: cache keys have shape {tuple(cache.keys[0].shape)}, expected {expected} for batch "
+                f"{batch}; create the cache with init_cache(batch_size, max_length)"
+            )
+        if length > cache.max_length:
+            raise ValueError(
+                f"Llama: cache overflow: {length} new tokens do not fit a cache of max_length "
+                f"{cache.max_length}"
+            )
+        if _is_concrete(cache.index):
+            end = int(cache.index) + length
+            if end > cache.max_length:
+                raise ValueError(
+                    f"Llama: cache overflow: writing {length} tokens at slot {int(cache.index)} needs {end} "
+                    f"slots, the cache has max_length {cache.max_length}; create a larger cache"
+                )
+
+
+def count_params(model_or_state: Any) -> int:
+    """Number of parameters (works on abstract state from ``nnx.eval_shape`` too)."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
