@@ -42,6 +42,10 @@ SHARD_SUFFIX = ".array_record"
 STATS_SUFFIX = ".stats.json"
 RESAMPLER = "soxr HQ (libsoxr)"
 
+# One record per group for random access; snappy reads ~1.7x faster than the default brotli for ~7% more disk
+# (benchmarks/data_pipeline.py --writer-options).
+WRITER_OPTIONS = "group_size:1,snappy"
+
 
 class BuildError(RuntimeError):
     """A problem with the build as a whole (not with one row): bad arguments, foreign output directory."""
@@ -331,7 +335,7 @@ def build_shards(
                 shards.append(ShardInfo(plan.name, plan.split, stats["records"], stats["label_counts"], True))
                 continue
             tmp = out / (plan.name + ".tmp")
-            writer = ArrayRecordWriter(str(tmp), "group_size:1")
+            writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
             shard_failures: list[RowFailure] = []
             label_counts: Counter[str] = Counter()
             for row in plan.rows:

@@ -217,6 +217,9 @@ class FrameWriter:
             preset,
             "-crf",
             str(crf),
+            # A key frame every second keeps clip seeks in the shard builder cheap on long interviews.
+            "-g",
+            str(max(1, round(float(fps)))),
             "-pix_fmt",
             "yuv420p",
             "-map_metadata",
