@@ -1,0 +1,171 @@
+"""``scripts/eval.py``: evaluate a training run's checkpoint on a shard split, or run the Table 4 ablations.
+
+``--config=configs/eval.py[:variant]`` plus ``--config.KEY=VALUE`` overrides (see configs/eval.py). Exit
+status: 0 done; 2 bad config, missing run/checkpoint/shards (one line on stderr saying what and how to fix,
+before anything is compiled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
+from deemo_jax.data.prompts import TASKS
+from deemo_jax.eval.report import MODALITIES
+
+EXIT_OK, EXIT_CONFIG = 0, 2
+USAGE = "usage: python scripts/eval.py --config=configs/eval.py[:ablations|:demo|:demo_ablations] [--config.KEY=VALUE]"
+
+
+class EvalConfigError(ValueError):
+    """A bad evaluation config or a missing input; the message is one line."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    if "Traceback (most recent call last)" in text:
+        text = text.strip().splitlines()[-1]
+    return " ".join(text.split()) or type(error).__name__
+
+
+def parse_config(argv: Sequence[str]) -> ConfigDict:
+    """The locked ConfigDict named by ``--config`` with the command-line overrides applied."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None:
+        raise EvalConfigError(f"no --config given; {USAGE}")
+    if not Path(path.split(":", 1)[0]).is_file():
+        raise EvalConfigError(f"config file {path.split(':', 1)[0]!r} does not exist; {USAGE}")
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "evaluation config (configs/eval.py[:variant])",
+                                    flag_values=values, lock_config=True)
+    saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides from sys.argv
+    try:
+        values(list(argv))
+    except (KeyError, AttributeError) as e:  # a locked ConfigDict reports an unknown key like this
+        raise EvalConfigError(f"unknown config key {_one_line(e)} (the config is locked: fix the spelling)") from None
+    except flags.Error as e:
+        raise EvalConfigError(f"{_one_line(e)} ({USAGE})") from None
+    except (TypeError, ValueError) as e:
+        raise EvalConfigError(f"bad --config override: {_one_line(e)}") from None
+    finally:
+        sys.argv = saved
+    return values.config
+
+
+def parse_modalities(text: str, where: str) -> tuple[str, ...]:
+    """``"transcription+video"`` -> ``("transcription", "video")``, checked against ``report.MODALITIES``."""
+    names = tuple(n.strip() for n in text.split("+") if n.strip())
+    unknown = [n for n in names if n not in MODALITIES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise EvalConfigError(
+            f"{where} = {text!r}: use '+'-joined distinct names from {list(MODALITIES)}, e.g. 'transcription+video'"
+        )
+    return names
+
+
+def check_eval_config(cfg: ConfigDict) -> None:
+    """Value checks that need no file or device (raises :class:`EvalConfigError`)."""
+    from deemo_jax.eval.generate import GenerationConfig
+
+    if not cfg.workdir:
+        raise EvalConfigError("config.workdir is empty; set --config.workdir=RUN_DIR (a scripts/train.py workdir)")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise EvalConfigError(f"config.batch_size = {cfg.batch_size!r}: must be a positive integer")
+    if not isinstance(cfg.step, int) or cfg.step < -1:
+        raise EvalConfigError(f"config.step = {cfg.step!r}: must be a checkpoint step or -1 (the latest)")
+    if cfg.data.task and cfg.data.task not in TASKS:
+        raise EvalConfigError(f"config.data.task = {cfg.data.task!r}: must be one of {TASKS} or '' (the run's)")
+    if cfg.data.overlong_policy and cfg.data.overlong_policy not in OVERLONG_POLICIES:
+        raise EvalConfigError(f"config.data.overlong_policy = {cfg.data.overlong_policy!r}: one of {OVERLONG_POLICIES}")
+    if cfg.modalities:
+        parse_modalities(cfg.modalities, "config.modalities")
+    for row in cfg.ablations:
+        parse_modalities(row, "a row of config.ablations")
+    try:
+        GenerationConfig(**cfg.generation.to_dict())
+    except (TypeError, ValueError) as e:
+        raise EvalConfigError(f"config.generation: {_one_line(e)}") from None
+
+
+def eval_data_config(cfg: ConfigDict, run_data: DataConfig) -> DataConfig:
+    """The run's pipeline settings with the evaluation config's overrides."""
+    d = cfg.data
+    overrides: dict[str, Any] = {"split": d.split}
+    for key in ("shard_dir", "tokenizer_path", "task", "overlong_policy"):
+        if d[key]:
+            overrides[key] = d[key]
+    if d.max_length:
+        overrides["max_length"] = d.max_length
+    if d.instructions:
+        overrides["instructions"] = tuple(d.instructions)
+    data = dataclasses.replace(run_data, **overrides)
+    if cfg.modalities:
+        from deemo_jax.eval.evaluate import with_modalities
+
+        data = with_modalities(data, parse_modalities(cfg.modalities, "config.modalities"))
+    return data
+
+
+def run(cfg: ConfigDict) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Load the run, evaluate (or run the ablations); ``(output directory, {row name: metrics summary})``.
+
+    Without ablations the only row is named after the evaluated modalities.
+    """
+    from deemo_jax.data.tokenizer import load_tokenizer
+    from deemo_jax.eval.checkpoint import describe, load_run
+    from deemo_jax.eval.evaluate import evaluate_recognition, row_name, run_ablations
+    from deemo_jax.eval.generate import GenerationConfig
+
+    loaded = load_run(cfg.workdir, step=None if cfg.step == -1 else cfg.step, compilation_cache=True)
+    data = eval_data_config(cfg, loaded.data_config(batch_size=cfg.batch_size, split=cfg.data.split))
+    tokenizer = loaded.tokenizer
+    if cfg.data.tokenizer_path:
+        tokenizer = load_tokenizer(cfg.data.tokenizer_path, llm_vocab_size=loaded.model_config.llm.vocab_size)
+    labels = tuple(cfg.labels) or tuple(loaded.config.data.labels)
+    generation = GenerationConfig(**cfg.generation.to_dict())
+    output = Path(cfg.output_dir or Path(loaded.workdir) / "eval" / data.split).expanduser()
+    extra = {"checkpoint": describe(loaded), "eval_config": json.loads(cfg.to_json())}
+    common = dict(labels=labels, batch_size=cfg.batch_size, max_new_tokens=generation.max_new_tokens,
+                  generation=generation, tokenizer=tokenizer, extra=extra)
+    if cfg.ablations:
+        rows = [parse_modalities(r, "a row of config.ablations") for r in cfg.ablations]
+        results = run_ablations(loaded.model, data, output_dir=output / "ablations", rows=rows, **common)
+        return output / "ablations", {row_name(r.modalities): r.summary for r in results}
+    metrics = evaluate_recognition(loaded.model, data, output_dir=output, **common)
+    return output, {row_name(metrics["modalities"]): metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        cfg = parse_config(argv)
+        check_eval_config(cfg)
+    except EvalConfigError as e:
+        print(f"eval.py: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for noisy in ("absl", "orbax", "jax._src", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        output, rows = run(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"eval.py: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_CONFIG
+    for name, m in rows.items():
+        print(
+            f"{name}: accuracy {100 * m['accuracy']:.2f}%, weighted F1 {100 * m['weighted_f1']:.2f}%, macro F1 "
+            f"{100 * m['macro_f1']:.2f}%, unparseable {m['n_unparseable']}/{m['n']}, skipped (over-long) "
+            f"{m['n_skipped']}"
+        )
+    print(f"results in {output}")
+    return EXIT_OK

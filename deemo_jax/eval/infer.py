@@ -1,0 +1,243 @@
+"""``scripts/infer.py``: one video in, the emotion and its reasoning out, through the training pipeline.
+
+Steps: the model of a training run is loaded first (so a missing checkpoint fails before any slow work); the
+video is de-identified (``deemo_jax.deid.deidentify_video``: face blur, McAdams voice, re-detection audit;
+fail-closed) into a temporary directory, unless it already carries a verified de-identification sidecar; the
+clip is read from the de-identified file exactly as the shard builder reads it (``media.read_clip``: frames
+uniformly sampled and resized to 224x224, 16-kHz audio -> ``fbank.imagebind_audio_features``), with the
+run's frame and audio-clip counts; the prompt is built by ``prompts.build_prompt`` with the run's prompt
+settings; the answer is generated greedily (by default) and cut at the end symbol. The model never sees the
+raw media, and nothing of the raw media is printed or kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deemo_jax.data.prompts import END_SYMBOL
+from deemo_jax.eval.checkpoint import LoadedRun
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def read_transcript(value: str | None) -> str:
+    """``--transcript``: the text itself, or the path of a UTF-8 text file holding it (None -> empty)."""
+    if value is None:
+        return ""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return value.strip()
+
+
+def split_answer(text: str, label: str | None, task: str) -> str:
+    """The reasoning part of an answer: for ``"both"`` the text after a leading ``"{label}."``."""
+    if task == "both" and label is not None:
+        head, sep, rest = text.partition(".")
+        if sep and head.strip().lower() == label.lower():
+            return rest.strip()
+    return "" if task == "recognition" else text
+
+
+def clip_inputs(video: Path, start: float | None, end: float | None, num_frames: int, num_clips: int
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(frames [T, 224, 224, 3] uint8, fbank [S, 128, 204] float32, notes)`` of a de-identified video.
+
+    A video without an audio track gets silent audio (a note says so), like a silent clip in the shards.
+    """
+    from deemo_jax.data import fbank as fb
+    from deemo_jax.data import media
+
+    info = media.probe(video)
+    start = 0.0 if start is None else start
+    end = info.duration if end is None else end
+    notes = []
+    if info.audio_sample_rate is None:
+        frames, _ = media.read_frames(video, start, end, num_frames=num_frames, info=info)
+        notes.append("the video has no audio track: the audio branch gets silence")
+        audio, rate = np.zeros(int(fb.SAMPLE_RATE * (end - start)), np.float32), fb.SAMPLE_RATE
+    else:  # the shard builder's path (deemo_jax.data.builder.encode_clip)
+        clip = media.read_clip(video, start, end, num_frames=num_frames)
+        frames, audio, rate = clip.frames, clip.audio, clip.sample_rate
+    if audio.size < fb.CLIP_DURATION * fb.SAMPLE_RATE:
+        notes.append(f"the clip has {audio.size / fb.SAMPLE_RATE:.2f} s of audio, zero-padded to {fb.CLIP_DURATION} s")
+    features, _ = fb.imagebind_audio_features(audio, rate, num_clips=num_clips, warn_short=False)
+    return frames, features, notes
+
+
+def prompt_ids(tokenizer: Any, prompt: str, *, max_length: int, num_video_tokens: int, num_audio_tokens: int
+               ) -> np.ndarray:
+    """BOS + prompt ids (placeholders checked; an over-long transcription cut as in the pipeline)."""
+    from deemo_jax.data.pipeline import tokenize_example
+
+    tokens = tokenize_example(
+        prompt, "", tokenizer, max_length=max_length, overlong_policy="truncate_transcription",
+        num_video_tokens=num_video_tokens, num_audio_tokens=num_audio_tokens, example_id="infer",
+    )
+    if tokens is None:
+        raise ValueError(f"the prompt does not fit max_length {max_length} even without its transcription")
+    if tokens.truncated_tokens:
+        logger.warning("transcription cut by %d tokens to fit max_length %d", tokens.truncated_tokens, max_length)
+    return tokens.input_ids[: tokens.num_tokens]
+
+
+def infer(
+    video: str | Path,
+    *,
+    workdir: str | Path,
+    transcript: str = "",
+    start: float | None = None,
+    end: float | None = None,
+    step: int | None = None,
+    labels: Sequence[str] = (),
+    max_new_tokens: int = 300,
+    generation: dict[str, Any] | None = None,
+    keep_deidentified: str | Path | None = None,
+    run: LoadedRun | None = None,
+) -> dict[str, Any]:
+    """Run the whole path on one video; returns ``{"emotion", "reasoning", "answer", "parse_rule", ...}``.
+
+    ``run`` (from :func:`deemo_jax.eval.checkpoint.load_run`) replaces ``workdir``/``step`` when given, so
+    several videos can share one loaded model. ``generation`` holds GenerationConfig fields.
+    """
+    from deemo_jax.data.pipeline import read_label_set
+    from deemo_jax.data.prompts import build_prompt
+    from deemo_jax.deid import DeidSettings, deidentify_video, is_deidentified
+    from deemo_jax.eval.checkpoint import load_run
+    from deemo_jax.eval.generate import GenerationConfig, decode_generated, end_symbol_token_sequences, generate
+    from deemo_jax.eval.labels import parse_label_with_rule
+
+    video = Path(video).expanduser()
+    if not video.is_file():
+        raise FileNotFoundError(f"video {str(video)!r} does not exist")
+    run = run or load_run(workdir, step=step, compilation_cache=True)
+    data = run.data_config(batch_size=1)
+    label_set = tuple(labels) or tuple(run.config.data.labels) or read_label_set(data.shard_dir)
+    prompt_config = data.prompt_config(label_set)
+    gen = GenerationConfig(**{**(generation or {}), "max_new_tokens": max_new_tokens})
+    gen = dataclasses.replace(gen, eos_id=run.tokenizer.eos_token_id,
+                              stop_sequences=end_symbol_token_sequences(run.tokenizer, END_SYMBOL))
+    notes = []
+    if data.nfbl_as_text:
+        notes.append("the model was trained with NFBL annotations as text; a raw video has none ('none' is given)")
+    if data.use_transcription and not transcript:
+        notes.append("no --transcript given: the transcription is empty")
+
+    with tempfile.TemporaryDirectory(prefix="deemo-infer-") as tmp:
+        if is_deidentified(video):
+            deid, sidecar = video, None
+            notes.append("the video carries a verified de-identification sidecar: used as is")
+        else:
+            out_dir = Path(keep_deidentified).expanduser() if keep_deidentified else Path(tmp)
+            deid = out_dir / (video.stem + ".deid.mp4")
+            sidecar = deidentify_video(video, deid, DeidSettings())
+        frames, features, clip_notes = clip_inputs(deid, start, end, data.num_frames, data.num_audio_clips)
+    notes += clip_notes
+
+    record = {"kind": "mer", "id": "infer", "transcription": transcript, "label": "", "reasoning": "", "nfbl": []}
+    prompt, _ = build_prompt(record, prompt_config)
+    ids = prompt_ids(
+        run.tokenizer, prompt, max_length=data.max_length,
+        num_video_tokens=prompt_config.num_video_query_tokens if data.use_video else 0,
+        num_audio_tokens=prompt_config.num_audio_query_tokens if data.use_audio else 0,
+    )
+    output = generate(
+        run.model, ids[None], np.ones((1, len(ids)), np.int32), gen,
+        frames=frames[None] if data.use_video else None,
+        fbank=features[None, :, None] if data.use_audio else None,
+    )
+    answer = decode_generated(run.tokenizer, output, END_SYMBOL)[0]
+    emotion, rule = parse_label_with_rule(answer, label_set) if label_set else (None, "no label set")
+    return {
+        "emotion": emotion,
+        "reasoning": split_answer(answer, emotion, data.task),
+        "answer": answer,
+        "parse_rule": rule,
+        "labels": list(label_set),
+        "finish_reason": output.finish_reason(0),
+        "checkpoint": {"workdir": str(run.workdir), "step": run.step},
+        "deidentification": None if sidecar is None else {"audit_passed": sidecar["audit"]["passed"],
+                                                          "kept": str(deid) if keep_deidentified else None},
+        "notes": notes,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deemo_jax.eval.checkpoint import DEFAULT_DEMO_WORKDIR
+
+    p = argparse.ArgumentParser(
+        prog="infer.py",
+        description="De-identify a video, run a trained DEEMO-LLaMA on it, print the emotion and the reasoning.",
+    )
+    p.add_argument("video", help="the video file (any format ffmpeg reads)")
+    p.add_argument("--transcript", help="what is said in the clip: the text, or a UTF-8 text file")
+    p.add_argument("--workdir", default=DEFAULT_DEMO_WORKDIR,
+                   help=f"training run directory (default {DEFAULT_DEMO_WORKDIR}, the `make demo` run)")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--start", type=float, help="clip start in seconds (default 0)")
+    p.add_argument("--end", type=float, help="clip end in seconds (default: the end of the video)")
+    p.add_argument("--labels", help="comma-separated label set (default: the run's)")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--sample", action="store_true", help="sample (top-p) instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-deidentified", metavar="DIR", help="keep the de-identified video (and sidecar) here")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        print(f"infer.py: --end ({args.end}) must be after --start ({args.start})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_new_tokens < 1:
+        print("infer.py: --max-new-tokens must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    generation = {"do_sample": args.sample, "temperature": args.temperature, "seed": args.seed,
+                  "top_p": args.top_p if args.sample else 1.0}
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else ()
+    from deemo_jax.data.media import MediaError
+    from deemo_jax.deid import AuditFailedError
+    from deemo_jax.deid import MediaError as DeidMediaError
+
+    try:
+        result = infer(
+            args.video, workdir=args.workdir, transcript=read_transcript(args.transcript), start=args.start,
+            end=args.end, step=args.step, labels=labels, max_new_tokens=args.max_new_tokens, generation=generation,
+            keep_deidentified=args.keep_deidentified,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"infer.py: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except AuditFailedError as e:
+        print(f"infer.py: de-identification failed its privacy audit, the video is not used: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (MediaError, DeidMediaError) as e:
+        print(f"infer.py: cannot read the video: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return EXIT_OK
+    for note in result["notes"]:
+        print(f"note: {note}")
+    emotion = result["emotion"] or f"(unparseable over {result['labels']}; see the answer)"
+    print(f"emotion: {emotion}")
+    print(f"reasoning: {result['reasoning'] or '-'}")
+    if result["reasoning"] != result["answer"]:
+        print(f"answer: {result['answer']}")
+    return EXIT_OK
