@@ -2,9 +2,16 @@
 
 Pipeline (per process)::
 
-    ArrayRecordDataSource(split files) -> [shard_index::shard_count] -> (train: seeded shuffle, reshuffled
-    every epoch, infinite repeat) -> decode + prompt + tokenise + labels -> (train: skip dropped examples)
-    -> batch -> optional mp_prefetch workers
+    train: ArrayRecordDataSource(split files) -> seeded shuffle (reshuffled every epoch) -> infinite repeat
+           -> decode + prompt + tokenise + labels (per-example rng from the global index)
+           -> this process's slices of the global stream -> optional mp_prefetch workers -> batch
+    eval:  ArrayRecordDataSource(split files) -> [shard_index::shard_count] -> decode ... -> batch
+
+Train-mode process sharding: every process defines the same seeded global example stream, cut into slices
+of ``batch_size`` consecutive examples; process ``p`` of ``P`` takes slices ``p, p + P, p + 2P, ...``
+(it reads only those records). So at every step the concatenation, in process order, of the processes'
+batches is exactly the batch of size ``P * batch_size`` a single process would see: the global batch does
+not depend on the process count, and a run gives the same losses on 1 or many hosts.
 
 Shard files of a split are ``{shard_dir}/{split}.array_record`` or ``{shard_dir}/{split}-*.array_record``
 (e.g. ``train-00000-of-00004.array_record``), read in sorted name order.
@@ -21,9 +28,9 @@ target are tokenised separately with ``add_special_tokens=False`` (AffectGPT). O
 - ``"truncate_transcription"`` (default): drop transcription tokens from its end until the sequence fits;
   placeholders and the target are never cut. If the example does not fit even without its transcription, it
   is dropped as under ``"drop"``.
-- ``"drop"``: the example is skipped, logged with its id, and counted in ``DataIterator.num_dropped``. In
-  train mode it is left out of the batches; in eval mode its row is a padding row (``example_mask = 0``) and
-  its id goes to ``DataIterator.dropped_ids``, so no example is lost silently.
+- ``"drop"``: the example is logged with its id, counted in ``DataIterator.num_dropped`` and its id goes to
+  ``DataIterator.dropped_ids``; its row becomes a padding row (``example_mask = 0``, labels -100) in both
+  modes, so no example is lost silently and the batch layout stays independent of the process count.
 - ``"error"``: raise :class:`OverlongError`.
 
 Train mode repeats forever and drops the remainder of the batch stream. Eval mode is one pass in shard order;
@@ -35,10 +42,11 @@ State: :class:`DataIterator` is a ``grain.DatasetIterator``; ``get_state()`` is 
 ``grain.checkpoint.CheckpointSave(iterator)`` / ``CheckpointRestore(iterator)`` work as Orbax args (e.g. the
 ``data_iter`` item of an ``ocp.args.Composite``).
 
-Workers: ``worker_count > 0`` uses ``mp_prefetch`` (spawned processes). Scripts must guard their entry point
-with ``if __name__ == "__main__":`` (workers re-import ``__main__``); absl flags are marked parsed here
-(grain 0.2.18 crashes with ``UnparsedFlagAccessError`` otherwise). Batches are deterministic for a given seed
-and worker count; a different worker count gives a different (still deterministic) order.
+Workers: ``worker_count > 0`` uses ``mp_prefetch`` (spawned processes) on single examples, and batches are
+formed after it in the main process. Scripts must guard their entry point with ``if __name__ == "__main__":``
+(workers re-import ``__main__``); absl flags are marked parsed here (grain 0.2.18 crashes with
+``UnparsedFlagAccessError`` otherwise). Batches are deterministic for a given seed; the iterator state is
+only valid for the worker count it was saved with.
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ IMAGE_SIZE = 224
 FBANK_SHAPE = (128, 204)
 IGNORE_INDEX = -100
 STATUS_OK, STATUS_DROPPED, STATUS_PADDING = 0, 1, 2
-_HOST_KEYS = ("_id", "_status", "_num_skipped")
+_HOST_KEYS = ("_id", "_status")
 
 
 class OverlongError(ValueError):
@@ -292,9 +300,8 @@ def tokenize_example(
 class ExampleProcessor:
     """Serialized record -> one pipeline element (picklable, so it runs inside Grain workers).
 
-    An element holds the model keys of a batch row plus the host-only keys ``_id`` (record id),
-    ``_status`` (``STATUS_OK``/``STATUS_DROPPED``/``STATUS_PADDING``) and ``_num_skipped`` (filled by the
-    train-mode skip).
+    An element holds the model keys of a batch row plus the host-only keys ``_id`` (record id) and
+    ``_status`` (``STATUS_OK``/``STATUS_DROPPED``/``STATUS_PADDING``).
     """
 
     def __init__(
@@ -383,7 +390,6 @@ class ExampleProcessor:
                 "example_mask": np.int32(0),
                 "_id": np.str_(""),
                 "_status": np.int32(STATUS_PADDING),
-                "_num_skipped": np.int32(0),
             }
         return dict(self._padding)
 
@@ -408,51 +414,42 @@ class ExampleProcessor:
             "example_mask": np.int32(1),
             "_id": np.str_(record_id),
             "_status": np.int32(STATUS_OK),
-            "_num_skipped": np.int32(0),
         }
 
 
-class _SkipDropped(grain.IterDataset):
-    """Train mode: leave dropped examples out and count them on the next kept element (``_num_skipped``)."""
+class _ProcessSlices(grain.MapDataset):
+    """Process ``index`` of ``count``: slices ``index, index + count, ...`` of ``group`` consecutive elements.
 
-    def __init__(self, parent: grain.IterDataset, epoch_size: int):
+    Element ``j`` of this dataset is element ``(j // group) * group * count + index * group + j % group`` of
+    the parent, so local batches of ``group`` elements concatenate (in process order) to the global batches.
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, group: int, index: int, count: int):
         super().__init__(parent)
-        self._epoch_size = epoch_size
+        self._group, self._index, self._count = group, index, count
 
-    def __iter__(self) -> _SkipDroppedIterator:
-        return _SkipDroppedIterator(self._parent.__iter__(), self._epoch_size)
+    def __len__(self) -> int:
+        return len(self._parent) // (self._group * self._count) * self._group
 
     def __str__(self) -> str:
-        return "SkipDroppedIterDataset"
+        return f"ProcessSlices(group={self._group}, index={self._index}, count={self._count})"
 
+    def _global_index(self, index: int) -> int:
+        block, offset = divmod(index, self._group)
+        return (block * self._count + self._index) * self._group + offset
 
-class _SkipDroppedIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, epoch_size: int):
-        super().__init__(parent)
-        self._epoch_size = epoch_size
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        skipped = 0
-        while True:
-            element = next(self._parent)
-            if element["_status"] != STATUS_DROPPED:
-                return {**element, "_num_skipped": np.int32(skipped)}
-            skipped += 1
-            if skipped > self._epoch_size:
-                raise ValueError(
-                    f"every one of the {self._epoch_size} examples of this shard is dropped as over-long; "
-                    "raise DataConfig.max_length"
-                )
-
-    def get_state(self) -> dict[str, Any]:
-        return self._parent.get_state()
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state)
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global_index(index)]
 
 
 class DataIterator(grain.DatasetIterator):
-    """Yields ``(batch, ids)``; see the module docstring. ``num_batches`` is the pass length in eval mode."""
+    """Yields ``(batch, ids)``; see the module docstring.
+
+    ``num_batches`` is the pass length in eval mode (None in train mode); ``num_examples`` is the number of
+    records this process reads per pass (eval) or the epoch length of the global stream (train).
+    """
 
     def __init__(
         self,
@@ -473,9 +470,9 @@ class DataIterator(grain.DatasetIterator):
 
     def __next__(self) -> tuple[dict[str, np.ndarray], list[str | None]]:
         batch = dict(next(self._parent))
-        ids, status, skipped = (np.asarray(batch.pop(k)) for k in _HOST_KEYS)
+        ids, status = (np.asarray(batch.pop(k)) for k in _HOST_KEYS)
         dropped = [str(i) for i, s in zip(ids, status, strict=True) if s == STATUS_DROPPED]
-        self.num_dropped += int(skipped.sum()) + len(dropped)
+        self.num_dropped += len(dropped)
         self.dropped_ids.extend(dropped)
         mask = batch["example_mask"]
         return {k: np.asarray(v) for k, v in batch.items()}, [
@@ -520,9 +517,10 @@ def make_iterator(
 ) -> DataIterator:
     """Build the pipeline of ``config.split`` and return its iterator.
 
-    ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``; each
-    process reads the records ``shard_index::shard_count``. ``tokenizer`` defaults to
-    ``load_tokenizer(config.tokenizer_path)``.
+    ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``. In train mode
+    ``config.batch_size`` is the per-process batch and the process takes its slices of the global stream
+    (module docstring); in eval mode it reads the records ``shard_index::shard_count``. ``tokenizer``
+    defaults to ``load_tokenizer(config.tokenizer_path)``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -543,7 +541,7 @@ def make_iterator(
     files = find_shards(config.shard_dir, config.split)
     source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
     num_examples = len(source)
-    if num_examples < shard_count:
+    if mode == "eval" and num_examples < shard_count:
         raise ValueError(
             f"split {config.split!r} has {num_examples} records, fewer than the {shard_count} processes "
             "reading it"
@@ -556,8 +554,6 @@ def make_iterator(
     )
     processor.padding_element()  # fail here, not in a worker, when max_length cannot hold the prompt
 
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    shard_size = len(ds)
     options = grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
     )
@@ -567,21 +563,19 @@ def make_iterator(
     if config.worker_count:
         _mark_absl_flags_parsed()
     if mode == "train":
-        if shard_size < config.batch_size:
-            logger.warning(
-                "shard %d/%d of split %r has %d examples, fewer than batch_size %d: batches repeat examples "
-                "across epochs", shard_index, shard_count, config.split, shard_size, config.batch_size,
-            )
-        ds = ds.seed(config.seed).shuffle().repeat(None).random_map(processor)
-        it_ds = _SkipDropped(ds.to_iter_dataset(read_options), shard_size)
-        it_ds = it_ds.batch(config.batch_size, drop_remainder=True)
+        ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None).random_map(processor)
+        ds = _ProcessSlices(ds, group=config.batch_size, index=shard_index, count=shard_count)
+        it_ds = ds.to_iter_dataset(read_options)
         if config.worker_count:
             it_ds = it_ds.mp_prefetch(options)
-        num_batches = None
+        it_ds = it_ds.batch(config.batch_size, drop_remainder=True)
+        num_batches, local_examples = None, num_examples
     else:
+        ds = grain.MapDataset.source(source)[shard_index::shard_count]
+        local_examples = len(ds)
         ds = ds.map(processor)
         num_batches = math.ceil(math.ceil(num_examples / shard_count) / config.batch_size)
-        num_padding = num_batches * config.batch_size - shard_size
+        num_padding = num_batches * config.batch_size - local_examples
         if num_padding:
             padding = grain.MapDataset.source([processor.padding_element()] * num_padding)
             ds = grain.MapDataset.concatenate([ds, padding])
@@ -595,5 +589,5 @@ def make_iterator(
         "shard_index": shard_index, "shard_count": shard_count, "worker_count": config.worker_count,
         "num_examples": num_examples,
     }
-    return DataIterator(iter(it_ds), mode=mode, num_batches=num_batches, num_examples=shard_size,
+    return DataIterator(iter(it_ds), mode=mode, num_batches=num_batches, num_examples=local_examples,
                         fingerprint=fingerprint)

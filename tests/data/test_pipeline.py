@@ -194,10 +194,15 @@ def test_overlong_policies_in_the_pipeline(env):
     assert b1["example_mask"].tolist() == [0, 1] and (b1["labels"][0] == -100).all()
     assert it.num_dropped == 1 and it.dropped_ids == ["overlong-002"]
     assert b1["attention_mask"][1].sum() == MAX_LENGTH  # truncated to fit exactly
-    train = iterator(env, "train", split="overlong", overlong_policy="drop", batch_size=3)
-    seen = [i for _, ids in take(train, 4) for i in ids]
-    assert set(seen) == {"overlong-000", "overlong-001"}  # 002 dropped, 003 too (policy "drop")
-    assert train.num_dropped >= 8  # two per epoch, four epochs at least
+    train = iterator(env, "train", split="overlong", overlong_policy="drop", batch_size=2)
+    batches = take(train, 4)  # two epochs of four records
+    seen = [i for _, ids in batches for i in ids]
+    # 002 and 003 are dropped (policy "drop"): their rows are padding rows, logged and counted.
+    assert {i for i in seen if i is not None} == {"overlong-000", "overlong-001"} and seen.count(None) == 4
+    for batch, ids in batches:
+        assert batch["example_mask"].tolist() == [int(i is not None) for i in ids]
+        assert (batch["labels"][batch["example_mask"] == 0] == -100).all()
+    assert train.num_dropped == 4 and sorted(set(train.dropped_ids)) == ["overlong-002", "overlong-003"]
     with pytest.raises(OverlongError, match="overlong-00"):
         take(iterator(env, "eval", split="overlong", overlong_policy="error"), 2)
 
@@ -246,6 +251,17 @@ def test_process_shards_are_disjoint_and_cover_the_split(env):
     assert sorted(eval_ids[0] + eval_ids[1]) == [f"test-{i:03d}" for i in range(5)]
     assert not set(train_ids[0]) & set(train_ids[1])
     assert sorted(train_ids[0] + train_ids[1]) == [f"train-{i:03d}" for i in range(10)]
+
+
+def test_train_global_batch_does_not_depend_on_the_process_count(env):
+    # Two processes with batch 2 each see, step by step, exactly the batch of 4 of one process.
+    single = take(iterator(env, "train", batch_size=4, seed=3), 6)
+    halves = [take(iterator(env, "train", shard_index=p, shard_count=2, batch_size=2, seed=3), 6) for p in (0, 1)]
+    for step, (batch, ids) in enumerate(single):
+        (b0, ids0), (b1, ids1) = halves[0][step], halves[1][step]
+        assert ids0 + ids1 == ids
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([b0[key], b1[key]]), batch[key], err_msg=key)
 
 
 def test_jax_process_is_the_default_shard(env):

@@ -1,0 +1,326 @@
+"""The training config schema (``ml_collections``) and its translation into model / data / mesh settings.
+
+``base_config()`` defines every key (``configs/*.py`` fill in values and lock the dict, so an unknown key on
+the command line is an error). :func:`check_config` validates values and files *before* JAX builds anything
+and raises :class:`ConfigError` with one line saying what is wrong and how to fix it.
+
+Batch terms: ``train.global_batch_size`` examples per optimizer step, split into ``train.grad_accum_steps``
+micro-batches; each micro-batch is spread over the processes (``micro_batch / process_count`` rows each) and
+over the ``data x fsdp`` mesh axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
+from deemo_jax.data.prompts import TASKS
+from deemo_jax.models.deemo_llama import DeemoLlamaConfig
+from deemo_jax.models.llama import LlamaConfig
+
+PRESETS = ("deemo_7b", "tiny")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Config key under ``checkpoints`` -> (DeemoLlama components it restores, converter --source kind).
+FROZEN_CHECKPOINTS = {
+    "eva_vit": (("visual_encoder",), "eva-vit-g"),
+    "blip2": (("image_qformer", "ln_vision"), "blip2-qformer"),
+    "imagebind": (("audio_encoder",), "imagebind-audio"),
+    "llm": (("llama",), "hf-llama"),
+}
+VIDEO_COMPONENTS = ("visual_encoder", "ln_vision", "image_qformer", "video_frame_position_embedding",
+                    "video_qformer", "llama_proj")
+AUDIO_COMPONENTS = ("audio_encoder", "audio_position_embedding", "audio_qformer", "audio_llama_proj")
+
+
+class ConfigError(ValueError):
+    """A bad training config; the message is one line: what is wrong and how to fix it."""
+
+
+def base_config() -> ConfigDict:
+    """Every key a training config has, with neutral defaults (configs/*.py set the recipe values)."""
+    c = ConfigDict()
+    c.workdir = ""
+    c.seed = 0
+    c.model = ConfigDict(
+        dict(
+            preset="deemo_7b",
+            frozen_dtype="bfloat16",
+            use_video=True,
+            use_audio=True,
+            remat=False,
+            attention_impl="",  # "" (XLA) or "cudnn" (GPU, bf16)
+            # Frozen parts without a checkpoint are randomly initialised only when this is True (demo, tests).
+            random_frozen=False,
+            # Sizes of the "tiny" preset (ignored by deemo_7b); vocab_size 0 = the tokenizer's vocabulary.
+            tiny=ConfigDict(
+                dict(vocab_size=0, llm_hidden=32, llm_mlp=64, llm_layers=2, llm_heads=4, llm_kv_heads=2,
+                     vit_depth=2, audio_depth=2, qformer_layers=2)
+            ),
+        )
+    )
+    c.checkpoints = ConfigDict(
+        dict(eva_vit="", blip2="", imagebind="", llm="",
+             # Trainable branches from a converted video-llama directory or a previous run's workdir.
+             init_trainable="")
+    )
+    c.trainable = ()
+    c.data = ConfigDict(
+        dict(shard_dir="", split="train", tokenizer_path="", max_length=512, seed=0, use_audio=True,
+             use_video=True, use_transcription=True, nfbl_as_text=False, task="reasoning", instructions=(),
+             labels=(), num_frames=8, num_audio_clips=8, overlong_policy="truncate_transcription",
+             worker_count=0, worker_buffer_size=2, read_threads=4, read_buffer_size=32)
+    )
+    c.train = ConfigDict(
+        dict(global_batch_size=2, grad_accum_steps=1, total_steps=1000, log_every=10, checkpoint_every=500,
+             keep_checkpoints=3, async_checkpointing=True, dropout=True, progress_bar=True,
+             compilation_cache_dir="~/.cache/deemo-jax/xla")
+    )
+    c.optim = ConfigDict(
+        dict(init_lr=3e-5, min_lr=1e-5, warmup_lr=1e-6, warmup_steps=1000, weight_decay=0.05, b1=0.9,
+             b2=0.999, eps=1e-8, grad_clip=1.0)
+    )
+    c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.distributed = ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
+    c.eval = ConfigDict(dict(at_end=False, split="test", batch_size=8, max_new_tokens=16))
+    return c
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _fail(message: str) -> None:
+    raise ConfigError(message)
+
+
+def _positive_int(cfg: ConfigDict, key: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        _fail(f"config.{key} = {value!r}: must be a positive integer; set --config.{key}=N")
+
+
+def _get(cfg: ConfigDict, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _path(value: str) -> Path:
+    return Path(os.path.expanduser(value))
+
+
+def tokenizer_path(cfg: ConfigDict) -> str:
+    """``data.tokenizer_path``, defaulting to the tokenizer shipped in the converted LLM directory."""
+    if cfg.data.tokenizer_path:
+        return cfg.data.tokenizer_path
+    if cfg.checkpoints.llm:
+        return str(_path(cfg.checkpoints.llm) / "tokenizer")
+    return ""
+
+
+def built_components(cfg: ConfigDict) -> tuple[str, ...]:
+    """The DeemoLlama attributes the config builds (branches switched off are not built at all)."""
+    names = []
+    if cfg.model.use_video:
+        names += VIDEO_COMPONENTS
+    if cfg.model.use_audio:
+        names += AUDIO_COMPONENTS
+    return (*names, "llama")
+
+
+def _check_converted(key: str, value: str, kind: str) -> None:
+    directory = _path(value)
+    fix = f"convert it with scripts/convert_checkpoint.py --source {kind} --output DIR and pass --config.{key}=DIR"
+    if not directory.exists():
+        _fail(f"config.{key} = {value!r} does not exist; {fix}")
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        _fail(f"config.{key} = {value!r} has no manifest.json (not a converted checkpoint or an unfinished one); {fix}")
+    try:
+        found = json.loads(manifest.read_text()).get("kind")
+    except (json.JSONDecodeError, AttributeError):
+        _fail(f"config.{key}: {manifest} is not valid JSON; {fix}")
+    if found != kind:
+        _fail(f"config.{key} = {value!r} holds a {found!r} checkpoint, expected {kind!r}; {fix}")
+
+
+def check_config(cfg: ConfigDict) -> None:
+    """Validate values and referenced files (no JAX device use). Raises :class:`ConfigError`."""
+    if not cfg.workdir:
+        _fail("config.workdir is empty; set --config.workdir=DIR (checkpoints, logs and plots go there)")
+    m = cfg.model
+    if m.preset not in PRESETS:
+        _fail(f"config.model.preset = {m.preset!r}: must be one of {PRESETS}")
+    if m.frozen_dtype not in DTYPES:
+        _fail(f"config.model.frozen_dtype = {m.frozen_dtype!r}: must be one of {sorted(DTYPES)}")
+    if m.attention_impl not in ("", "cudnn"):
+        _fail(f"config.model.attention_impl = {m.attention_impl!r}: must be '' (XLA) or 'cudnn'")
+    if not (m.use_video or m.use_audio):
+        _fail("config.model.use_video and config.model.use_audio are both False; build at least one branch")
+    for key in ("data.use_video", "data.use_audio"):
+        branch = "model." + key.split(".")[1]
+        if _get(cfg, key) and not _get(cfg, branch):
+            _fail(f"config.{key} is True but config.{branch} is False; the model has no branch for that input")
+    for key in ("seed", "data.seed"):
+        value = _get(cfg, key)
+        if not isinstance(value, int) or not 0 <= value < 2**32:
+            _fail(f"config.{key} = {value!r}: must be an integer in [0, 2**32)")
+    for key in ("train.global_batch_size", "train.grad_accum_steps", "train.total_steps", "train.log_every",
+                "train.checkpoint_every", "train.keep_checkpoints", "data.max_length", "data.num_frames",
+                "data.num_audio_clips", "eval.batch_size", "eval.max_new_tokens", "distributed.num_processes"):
+        _positive_int(cfg, key)
+    if m.preset == "tiny":
+        for key in m.tiny.keys():
+            if key != "vocab_size":
+                _positive_int(cfg, f"model.tiny.{key}")
+    t = cfg.train
+    if t.global_batch_size % t.grad_accum_steps:
+        _fail(
+            f"config.train.global_batch_size = {t.global_batch_size} is not divisible by train.grad_accum_steps "
+            f"= {t.grad_accum_steps}; choose a batch that is a multiple of the accumulation steps"
+        )
+    o = cfg.optim
+    for key in ("init_lr", "min_lr", "warmup_lr", "weight_decay", "eps", "grad_clip"):
+        value = o[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
+            _fail(f"config.optim.{key} = {value!r}: must be a finite number >= 0")
+    if not isinstance(o.warmup_steps, int) or o.warmup_steps < 0:
+        _fail(f"config.optim.warmup_steps = {o.warmup_steps!r}: must be an integer >= 0")
+    for key in ("b1", "b2"):
+        if not 0 <= o[key] < 1:
+            _fail(f"config.optim.{key} = {o[key]!r}: must be in [0, 1)")
+    for axis in ("data", "fsdp", "tensor"):
+        value = cfg.mesh[axis]
+        if not isinstance(value, int) or (value < 1 and value != -1):
+            _fail(f"config.mesh.{axis} = {value!r}: must be a positive integer or -1 (fill from the device count)")
+    if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
+        _fail("config.mesh: at most one of data/fsdp/tensor may be -1")
+    d = cfg.data
+    if d.task not in TASKS:
+        _fail(f"config.data.task = {d.task!r}: must be one of {TASKS}")
+    if d.overlong_policy not in OVERLONG_POLICIES:
+        _fail(f"config.data.overlong_policy = {d.overlong_policy!r}: must be one of {OVERLONG_POLICIES}")
+    if not cfg.trainable:
+        _fail("config.trainable is empty; list the parameter path patterns to train (e.g. ('video_qformer',))")
+    if not isinstance(cfg.trainable, tuple | list) or not all(isinstance(p, str) for p in cfg.trainable):
+        _fail(f"config.trainable = {cfg.trainable!r}: must be a tuple of regular expressions")
+
+    # Files.
+    if not d.shard_dir:
+        _fail("config.data.shard_dir is empty; point it to a shard directory from scripts/build_shards.py")
+    shards = _path(d.shard_dir)
+    if not shards.is_dir():
+        _fail(f"config.data.shard_dir = {d.shard_dir!r} does not exist; build shards with scripts/build_shards.py")
+    for split in [d.split] + ([cfg.eval.split] if cfg.eval.at_end else []):
+        if not any(p.name.startswith(split) and p.name.endswith(".array_record") for p in shards.iterdir()):
+            _fail(f"config.data.shard_dir = {d.shard_dir!r} has no {split!r} shards ({split}*.array_record)")
+    tok = tokenizer_path(cfg)
+    if not tok:
+        _fail("config.data.tokenizer_path is empty and config.checkpoints.llm is not set; pass the tokenizer dir")
+    if not _path(tok).is_dir():
+        _fail(f"tokenizer directory {tok!r} does not exist; set --config.data.tokenizer_path=DIR")
+    components = built_components(cfg)
+    for key, (parts, kind) in FROZEN_CHECKPOINTS.items():
+        value = cfg.checkpoints[key]
+        needed = any(p in components for p in parts)
+        if value:
+            _check_converted(f"checkpoints.{key}", value, kind)
+        elif needed and not m.random_frozen:
+            built = ", ".join(p for p in parts if p in components)
+            _fail(
+                f"config.checkpoints.{key} is empty but the model builds {built}; "
+                f"convert it (scripts/convert_checkpoint.py --source {kind}) and pass --config.checkpoints.{key}=DIR"
+            )
+    if cfg.checkpoints.init_trainable and not _path(cfg.checkpoints.init_trainable).exists():
+        _fail(
+            f"config.checkpoints.init_trainable = {cfg.checkpoints.init_trainable!r} does not exist; pass a converted "
+            "video-llama directory or the workdir of a previous run"
+        )
+
+
+def check_mesh(cfg: ConfigDict, device_count: int, process_count: int) -> tuple[int, int, int]:
+    """Mesh sizes (data, fsdp, tensor) for ``device_count`` devices, and batch divisibility checks."""
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if device_count % known:
+            _fail(
+                f"config.mesh {tuple(sizes)}: the fixed axes (product {known}) do not divide the {device_count} "
+                "devices; pick sizes whose product divides the device count"
+            )
+        sizes[sizes.index(-1)] = device_count // known
+    if math.prod(sizes) != device_count:
+        _fail(
+            f"config.mesh data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} but there are "
+            f"{device_count} devices; set --config.mesh.* so the product is {device_count} (or use -1 for one axis)"
+        )
+    micro = cfg.train.global_batch_size // cfg.train.grad_accum_steps
+    batch_shards = sizes[0] * sizes[1]
+    if micro % batch_shards or micro % process_count:
+        _fail(
+            f"micro-batch {micro} (train.global_batch_size / train.grad_accum_steps) must be divisible by "
+            f"data*fsdp = {batch_shards} and by the {process_count} processes; change the batch or the mesh"
+        )
+    return sizes[0], sizes[1], sizes[2]
+
+
+# ---------------------------------------------------------------------------------------- translation
+def llm_config_from_manifest(directory: str) -> LlamaConfig:
+    """The LLaMA config stored in a converted hf-llama directory's manifest (structural fields)."""
+    manifest = json.loads((_path(directory) / "manifest.json").read_text())
+    stored = manifest["components"]["llama"]["config"]
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)} - {"dtype", "param_dtype", "remat", "attention_impl"}
+    return LlamaConfig(**{k: v for k, v in stored.items() if k in fields})
+
+
+def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
+    """The ``DeemoLlamaConfig`` of a (validated) config; ``vocab_size`` is the tokenizer's base vocabulary."""
+    m = cfg.model
+    frozen_dtype = DTYPES[m.frozen_dtype]
+    attention = m.attention_impl or None
+    if m.preset == "deemo_7b":
+        base = DeemoLlamaConfig.deemo_7b(frozen_dtype=frozen_dtype)
+        llm = llm_config_from_manifest(cfg.checkpoints.llm) if cfg.checkpoints.llm else base.llm
+    else:
+        t = m.tiny
+        base = DeemoLlamaConfig.tiny(frozen_dtype=frozen_dtype)
+        llm = LlamaConfig.tiny(
+            vocab_size=t.vocab_size or vocab_size, hidden_size=t.llm_hidden, intermediate_size=t.llm_mlp,
+            num_hidden_layers=t.llm_layers, num_attention_heads=t.llm_heads, num_key_value_heads=t.llm_kv_heads,
+            max_position_embeddings=max(cfg.data.max_length, 128),
+        )
+        r = dataclasses.replace
+        base = r(
+            base,
+            vit=r(base.vit, depth=t.vit_depth),
+            image_qformer=r(base.image_qformer, num_layers=t.qformer_layers),
+            video_qformer=r(base.video_qformer, num_layers=t.qformer_layers),
+            audio_encoder=r(base.audio_encoder, depth=t.audio_depth),
+            audio_qformer=r(base.audio_qformer, num_layers=t.qformer_layers),
+        )
+    llm = dataclasses.replace(llm, remat=m.remat, attention_impl=attention)
+    video = dict(vit=None, image_qformer=None, video_qformer=None) if not m.use_video else {}
+    audio = dict(audio_encoder=None, audio_qformer=None) if not m.use_audio else {}
+    return dataclasses.replace(base, llm=llm, **video, **audio)
+
+
+def data_config(cfg: ConfigDict, model: DeemoLlamaConfig, *, batch_size: int, split: str | None = None) -> DataConfig:
+    """The pipeline settings; placeholder run lengths come from the model's query counts."""
+    fields = cfg.data.to_dict()
+    fields["tokenizer_path"] = tokenizer_path(cfg)
+    fields["shard_dir"] = str(_path(fields["shard_dir"]))
+    if split is not None:
+        fields["split"] = split
+    data = DataConfig.from_mapping(fields)
+    return dataclasses.replace(
+        data,
+        batch_size=batch_size,
+        num_video_query_tokens=model.num_video_tokens if model.video_qformer is not None else 32,
+        num_audio_query_tokens=model.num_audio_tokens if model.audio_qformer is not None else 8,
+    )

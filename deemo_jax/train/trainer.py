@@ -1,0 +1,272 @@
+"""The training loop: assemble, resume, step, log, checkpoint, evaluate.
+
+One call of :func:`train` runs a config from its latest checkpoint (or from scratch) to ``train.total_steps``.
+Every process runs the same code (SPMD); process 0 writes metrics, TensorBoard and the plot, every process
+writes its example-id record and its part of each checkpoint.
+
+Order of work per step ``s`` (0-based; records and checkpoints count completed steps ``s + 1``): read
+``grad_accum_steps`` local micro-batches, place them as global arrays sharded over ``data x fsdp``, dispatch
+the jitted step, then fetch the *previous* step's metrics while this one runs. A step that ends a checkpoint
+interval is fetched at once and checked before its checkpoint is saved, so a checkpoint never holds state
+produced by a non-finite step: on a NaN/Inf loss or gradient the run stops with :class:`NonFiniteError`
+(naming the step and the modules whose gradients are not finite) and the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from deemo_jax import sharding
+from deemo_jax.data.pipeline import DataIterator, make_iterator, read_label_set
+from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
+from deemo_jax.models.deemo_llama import DeemoLlamaConfig, check_inputs
+from deemo_jax.train import records
+from deemo_jax.train.assembly import AssembledModel, assemble_model
+from deemo_jax.train.checkpointing import TrainCheckpointer, checkpoint_dir
+from deemo_jax.train.config import ConfigError, check_mesh, data_config, model_config, tokenizer_path
+from deemo_jax.train.flops import example_flops, peak_flops_per_device
+from deemo_jax.train.optimizer import make_optimizer
+from deemo_jax.train.partition import batch_sharding, replicated, state_shardings
+from deemo_jax.train.step import make_train_step
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "frames", "fbank")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN/Inf; the message names the step and the modules."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    workdir: Path
+    step: int  # completed optimizer steps
+    final_loss: float | None  # loss of the last step run by this call (None if none ran)
+    wall_s: float
+    eval_metrics: dict | None
+
+
+def setup_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache: a restarted run (e.g. after preemption) skips compilation."""
+    if not directory:
+        return
+    path = Path(os.path.expanduser(directory))
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _step_batch(iterator: DataIterator, accum: int) -> tuple[dict[str, np.ndarray], list, list]:
+    """``accum`` local micro-batches stacked to ``[accum, micro_local, ...]``, their ids and dropped ids."""
+    micro, ids = [], []
+    dropped_before = len(iterator.dropped_ids)
+    for _ in range(accum):
+        batch, batch_ids = next(iterator)
+        micro.append(batch)
+        ids.extend(batch_ids)
+    stacked = {k: np.stack([m[k] for m in micro]) for k in MODEL_KEYS if k in micro[0]}
+    return stacked, ids, list(iterator.dropped_ids[dropped_before:])
+
+
+def _global_batch(host: dict[str, np.ndarray], shardings: dict, process_count: int) -> dict[str, jax.Array]:
+    out = {}
+    for key, local in host.items():
+        shape = (local.shape[0], local.shape[1] * process_count, *local.shape[2:])
+        out[key] = jax.make_array_from_process_local_data(shardings[key], local, shape)
+    return out
+
+
+def _non_finite_message(step: int, metrics: dict, last_good: int | None, ckpt_dir: Path) -> str:
+    bad = sorted(name for name, v in metrics["module_grad_norms"].items() if not math.isfinite(float(v)))
+    where = f"non-finite gradients in {', '.join(bad)}" if bad else "gradients finite"
+    kept = f"the last good checkpoint is step {last_good} in {ckpt_dir}" if last_good else "no checkpoint was written"
+    return (
+        f"step {step}: loss {float(metrics['loss'])}, grad norm {float(metrics['grad_norm'])} ({where}); training "
+        f"stopped, nothing saved after the last finite step; {kept}. Lower optim.init_lr or enable optim.grad_clip, "
+        "check the inputs of that step (examples/process_*.jsonl), then restart to resume from the checkpoint"
+    )
+
+
+class _StepTimer:
+    def __init__(self) -> None:
+        self.last: float | None = None
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed = 0.0 if self.last is None else now - self.last
+        self.last = now
+        return elapsed
+
+
+def _init_optimizer(asm: AssembledModel, tx, mesh) -> tuple[nnx.GraphDef, nnx.State, Any]:
+    """``nnx.Optimizer`` state for the trainable parameters only, created sharded under jit."""
+    graphdef, wrt = asm.graphdef, asm.trainable_filter
+
+    def build(trainable: nnx.State, frozen: nnx.State) -> nnx.Optimizer:
+        return nnx.Optimizer(nnx.merge(graphdef, trainable, frozen), tx, wrt=wrt)
+
+    abstract = nnx.eval_shape(build, asm.trainable, asm.frozen)
+    opt_graphdef, abstract_state = nnx.split(abstract)
+    opt_shardings = state_shardings(abstract_state, mesh)
+    opt_state = jax.jit(lambda t, f: nnx.state(build(t, f)), out_shardings=opt_shardings)(asm.trainable, asm.frozen)
+    return opt_graphdef, opt_state, opt_shardings
+
+
+def train(cfg: ConfigDict) -> TrainResult:
+    """Run ``cfg`` (validated by ``config.check_config``) to ``train.total_steps``; resumes automatically."""
+    started = time.perf_counter()
+    workdir = Path(os.path.expanduser(cfg.workdir)).absolute()
+    process, num_processes = jax.process_index(), jax.process_count()
+    mesh_sizes = check_mesh(cfg, jax.device_count(), num_processes)
+    setup_compilation_cache(cfg.train.compilation_cache_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    accum = cfg.train.grad_accum_steps
+    micro_global = cfg.train.global_batch_size // accum
+    # Tokenizer, model config and input pipeline first: their errors are config errors, found before compiling.
+    try:
+        tokenizer = load_tokenizer(tokenizer_path(cfg))
+        model_cfg = model_config(cfg, tokenizer.vocab_size)
+        placeholder_ids(tokenizer, model_cfg.llm.vocab_size)
+        data_cfg = data_config(cfg, model_cfg, batch_size=micro_global // num_processes)
+        iterator = make_iterator(data_cfg, mode="train", tokenizer=tokenizer, shard_index=process,
+                                 shard_count=num_processes)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    total_steps = cfg.train.total_steps
+    mesh = sharding.make_mesh(*mesh_sizes)
+    if process == 0:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+    with jax.set_mesh(mesh), sharding.logical_rules():
+        asm = assemble_model(cfg, model_cfg, mesh)
+        for name, source in sorted(asm.sources.items()):
+            logger.info("%-32s %s, %s", name, "trainable" if name in asm.trainable_modules else "frozen", source)
+        o = cfg.optim
+        tx, schedule = make_optimizer(
+            init_lr=o.init_lr, min_lr=o.min_lr, warmup_lr=o.warmup_lr, warmup_steps=o.warmup_steps,
+            total_steps=total_steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip,
+        )
+        opt_graphdef, opt_state, opt_shardings = _init_optimizer(asm, tx, mesh)
+        trainable = asm.trainable
+        ckpt = TrainCheckpointer(checkpoint_dir(workdir), keep=cfg.train.keep_checkpoints,
+                                 async_save=cfg.train.async_checkpointing)
+        start = ckpt.latest_step() or 0
+        if start:
+            trainable, opt_state, _ = ckpt.restore(
+                start, trainable, opt_state, (asm.trainable_shardings, opt_shardings), iterator
+            )
+            logger.info("resumed from %s/%d", ckpt.directory, start)
+
+        example_keys = [k for k in MODEL_KEYS if k != "frames" or data_cfg.use_video]
+        example_keys = [k for k in example_keys if k != "fbank" or data_cfg.use_audio]
+        # [accum, micro, ...]: token arrays are 3-D, frames [.., T, H, W, 3] and fbank [.., S, 1, mel, time] 6-D.
+        batch_shardings = {k: batch_sharding(mesh, 6 if k in ("frames", "fbank") else 3, leading=1)
+                           for k in example_keys}
+        step_fn = make_train_step(
+            asm.graphdef, opt_graphdef, seed=cfg.seed, dropout=cfg.train.dropout,
+            module_names=asm.trainable_modules,
+            shardings=(asm.trainable_shardings, opt_shardings, asm.frozen_shardings, batch_shardings),
+            replicated=replicated(mesh),
+        )
+        meta = {
+            "model_config": repr(model_cfg), "trainable": list(cfg.trainable), "process_count": num_processes,
+            "global_batch_size": cfg.train.global_batch_size,
+        }
+        flops = example_flops(
+            model_cfg, data_cfg.max_length, data_cfg.num_frames if data_cfg.use_video else 0,
+            data_cfg.num_audio_clips if data_cfg.use_audio else 0,
+            llm_trainable="llama" in asm.trainable_modules,
+        ).total * cfg.train.global_batch_size
+        peak = peak_flops_per_device(jax.devices()[0].device_kind)
+        writer = records.MetricsWriter(workdir, enabled=process == 0, start_step=start, total_steps=total_steps,
+                                       progress_bar=cfg.train.progress_bar)
+        example_log = records.ExampleLog(workdir, process_index=process, start_step=start)
+        timer = _StepTimer()
+        last_good = start or None
+        final_loss = None
+        pending: tuple[int, Any, list, list] | None = None
+
+        def finish(done: int, metrics: Any, ids: list, dropped: list) -> None:
+            nonlocal final_loss
+            host = jax.device_get(metrics)
+            elapsed = timer.lap()
+            loss, grad_norm = float(host["loss"]), float(host["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteError(_non_finite_message(done, host, last_good, ckpt.directory))
+            example_log.write(done, ids, dropped)
+            record = {
+                "step": done, "loss": loss, "lr": float(schedule(done - 1)), "grad_norm": grad_norm,
+                "step_time_s": elapsed, "supervised_tokens": int(host["supervised_tokens"]),
+            }
+            if elapsed > 0:
+                record["tokens_per_s"] = float(host["tokens"]) / elapsed
+                record["examples_per_s"] = cfg.train.global_batch_size / elapsed
+                achieved = flops / elapsed / jax.device_count()
+                record["tflops_per_s_per_device"] = achieved / 1e12
+                if peak:
+                    record["mfu"] = achieved / peak
+            writer.write(record)
+            if done % cfg.train.log_every == 0 or done == total_steps:
+                logger.info("step %d: %s", done, json.dumps({k: round(v, 6) for k, v in record.items() if k != "step"}))
+            final_loss = loss
+
+        try:
+            timer.lap()
+            for index in range(start, total_steps):
+                done = index + 1
+                host, ids, dropped = _step_batch(iterator, accum)
+                if index == start:  # placeholder runs vs. the model, on the host, before the first step
+                    for a in range(accum):
+                        check_inputs(model_cfg, host["input_ids"][a], *(host[k][a] if k in host else None
+                                                                         for k in ("frames", "fbank")))
+                batch = _global_batch(host, batch_shardings, num_processes)
+                trainable, opt_state, metrics = step_fn(trainable, opt_state, asm.frozen, batch, jnp.int32(index))
+                if pending is not None:
+                    finish(*pending)
+                    pending = None
+                if done % cfg.train.checkpoint_every == 0 or done == total_steps:
+                    finish(done, metrics, ids, dropped)
+                    ckpt.save(done, trainable, opt_state, iterator, meta)
+                    last_good = done
+                else:
+                    pending = (done, metrics, ids, dropped)
+        finally:
+            ckpt.close()
+            writer.close()
+            example_log.close()
+
+        eval_metrics = None
+        if process == 0 and (workdir / records.METRICS_FILE).is_file():
+            records.plot_loss(workdir / records.METRICS_FILE, workdir / records.LOSS_PLOT)
+        if cfg.eval.at_end:
+            asm.trainable = trainable
+            eval_metrics = evaluate(cfg, model_cfg, asm, workdir)
+    return TrainResult(workdir, max(start, total_steps), final_loss, time.perf_counter() - started, eval_metrics)
+
+
+def evaluate(cfg: ConfigDict, model_cfg: DeemoLlamaConfig, asm: AssembledModel, workdir: Path) -> dict:
+    """Emotion recognition on ``eval.split`` with the trained model (the evaluation package's contract)."""
+    from deemo_jax.eval.evaluate import evaluate_recognition
+
+    data = data_config(cfg, model_cfg, batch_size=cfg.eval.batch_size, split=cfg.eval.split)
+    labels = tuple(cfg.data.labels) or read_label_set(data.shard_dir)
+    metrics = evaluate_recognition(
+        asm.merge(), data, labels=labels, output_dir=workdir / "eval", batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+    )
+    return metrics
