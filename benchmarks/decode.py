@@ -14,45 +14,20 @@ calls alternate between the two. Tokens/s counts generated tokens (batch x new t
 the whole call, prefill included on both sides; a second line times the prefill alone (``--new-tokens 1``)
 and reports decode-only tokens/s from the difference.
 
-XLA flags: unless ``XLA_FLAGS`` is already set or ``--xla-defaults`` is given, the JAX side runs with
-``--xla_cpu_experimental_ynn_fusion_type=`` (XLA:CPU's YNNPACK library fusions off, so dots use XLA's own
+XLA flags: ``--jax-cpu-dots eigen`` (the default here, unless ``XLA_FLAGS`` already chooses) runs the JAX side
+with ``--xla_cpu_experimental_ynn_fusion_type=`` (XLA:CPU's YNNPACK library fusions off, so dots use XLA's own
 Eigen path): in jax 0.10.2 YNNPACK's kernels are 1.3-2.5x slower for the small-batch matmuls of decoding
-([4, 1024] x [1024, 2816] 3.2 -> 1.8 ms, x [1024, 32000] 31 -> 23 ms on the 2-core dev box). Both settings
-are printed; compare with ``--xla-defaults``.
+([4, 1024] x [1024, 2816] 3.2 -> 1.8 ms, x [1024, 32000] 31 -> 23 ms on the 2-core dev box). Compare with
+``--jax-cpu-dots ynnpack``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import time
 
-DECODE_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def time_interleaved(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
-    """Wall time per call, the contenders alternating so that machine noise hits both alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for step in range(warmup + iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+from common import add_cpu_dots_argument, apply_cpu_dots, machine_line, time_interleaved
 
 
 def main() -> None:
@@ -67,13 +42,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--xla-defaults", action="store_true",
-                        help=f"run JAX with XLA's default flags instead of {DECODE_XLA_FLAGS}")
+    add_cpu_dots_argument(parser, default="eigen")
     args = parser.parse_args()
     if args.iters < 1 or args.warmup < 0 or args.new_tokens < 2 or args.prompt < 1 or args.batch < 1:
         parser.error("need --iters >= 1, --warmup >= 0, --new-tokens >= 2, --prompt >= 1, --batch >= 1")
-    if not args.xla_defaults and "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = DECODE_XLA_FLAGS  # read when the JAX backend starts, i.e. after this line
+    apply_cpu_dots(args.jax_cpu_dots)  # read when the JAX backend starts, i.e. after this line
 
     import jax
     import jax.numpy as jnp
@@ -92,10 +65,9 @@ def main() -> None:
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
         rms_norm_eps=1e-6, max_position_embeddings=max(2048, args.prompt + args.new_tokens),
     )
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model_name()}")
+    print(machine_line())
     print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")  # fmt: skip
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(

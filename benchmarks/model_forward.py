@@ -20,34 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import time
 
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def time_interleaved(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
-    """Wall time per call, the contenders alternating so that machine noise hits both alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for step in range(warmup + iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+from common import add_cpu_dots_argument, apply_cpu_dots, machine_line, time_interleaved
 
 
 def main() -> None:
@@ -61,18 +36,11 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument(
-        "--jax-cpu-dots",
-        choices=("eigen", "ynnpack"),
-        default="eigen",
-        help="XLA:CPU library for dots (eigen: disable the YNNPACK dot fusion; ynnpack: XLA's default)",
-    )
+    add_cpu_dots_argument(parser, default="eigen")
     args = parser.parse_args()
     if args.iters < 1 or args.warmup < 0:
         parser.error(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} and {args.warmup}")
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if args.jax_cpu_dots == "eigen" and YNN_FLAG not in xla_flags:
-        os.environ["XLA_FLAGS"] = f"{xla_flags} {YNN_FLAG}=".strip()
+    apply_cpu_dots(args.jax_cpu_dots)
     run(args)
 
 
@@ -99,10 +67,9 @@ def run(args: argparse.Namespace) -> None:
         rms_norm_eps=1e-6,
         max_position_embeddings=max(2048, args.seq),
     )
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model_name()}")
+    print(machine_line())
     print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")  # fmt: skip
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(

@@ -26,24 +26,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import time
 
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+from common import add_cpu_dots_argument, apply_cpu_dots, machine_line, time_interleaved
+
 TRAINABLE = ("video_qformer", "video_frame_position_embedding", "llama_proj", "audio_qformer",
              "audio_position_embedding", "audio_llama_proj")
 
 
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def mid_config():
@@ -224,16 +215,6 @@ def build_torch(cfg):
 
 
 # ---------------------------------------------------------------------------------------------- drivers
-def time_interleaved(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
-    """Wall time per call, the contenders alternating so that machine noise hits both alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for step in range(warmup + iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def useful_flops(cfg, batch: int, seq: int, frames: int, clips: int):
@@ -254,9 +235,9 @@ def run_cpu(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(os.cpu_count())
     cfg = mid_config()
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model_name()}")
+    print(machine_line())
     print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads), transformers {transformers.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"threads), transformers {transformers.__version__}")
     host = make_batch(cfg, args.batch, args.seq, args.frames, args.clips)
     tokens = int(host["attention_mask"].sum())
 
@@ -419,9 +400,9 @@ def main() -> None:
                         help="CPU: also time the JAX frozen encoders and the LLM alone (interleaved with the steps)")
     parser.add_argument("--cudnn", action="store_true", help="GPU: cuDNN flash attention in the LLM")
     parser.add_argument("--remat", action="store_true", help="GPU: rematerialise LLM layers")
-    parser.add_argument("--jax-cpu-dots", choices=("eigen", "ynnpack"), default="ynnpack",
-                        help="XLA:CPU library for dots: XLA's default YNNPACK fusion, or Eigen (faster for the "
-                             "forward-only benchmark, slower here; BENCHMARKS.md)")
+    add_cpu_dots_argument(
+        parser, default="ynnpack", note=" (Eigen is faster for the forward-only benchmark, slower here)"
+    )
     args = parser.parse_args()
     defaults = (8, 512, 8, 8) if args.gpu else (2, 256, 4, 4)
     for name, default in zip(("batch", "seq", "frames", "clips"), defaults, strict=True):
@@ -433,9 +414,8 @@ def main() -> None:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     if args.dry_run and not args.gpu:
         parser.error("--dry-run goes with --gpu")
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if not args.gpu and args.jax_cpu_dots == "eigen" and YNN_FLAG not in xla_flags:
-        os.environ["XLA_FLAGS"] = f"{xla_flags} {YNN_FLAG}=".strip()
+    if not args.gpu:
+        apply_cpu_dots(args.jax_cpu_dots)
     (run_gpu if args.gpu else run_cpu)(args)
 
 

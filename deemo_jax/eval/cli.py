@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from absl import flags
-from ml_collections import ConfigDict, config_flags
+from ml_collections import ConfigDict
 
+from deemo_jax import cli
 from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
 from deemo_jax.data.prompts import TASKS
 from deemo_jax.eval.report import MODALITIES
@@ -30,35 +30,9 @@ class EvalConfigError(ValueError):
     """A bad evaluation config or a missing input; the message is one line."""
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error)
-    if "Traceback (most recent call last)" in text:
-        text = text.strip().splitlines()[-1]
-    return " ".join(text.split()) or type(error).__name__
-
-
 def parse_config(argv: Sequence[str]) -> ConfigDict:
-    """The locked ConfigDict named by ``--config`` with the command-line overrides applied."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if path is None:
-        raise EvalConfigError(f"no --config given; {USAGE}")
-    if not Path(path.split(":", 1)[0]).is_file():
-        raise EvalConfigError(f"config file {path.split(':', 1)[0]!r} does not exist; {USAGE}")
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "evaluation config (configs/eval.py[:variant])",
-                                    flag_values=values, lock_config=True)
-    saved, sys.argv = sys.argv, list(argv)  # config_flags reads the overrides from sys.argv
-    try:
-        values(list(argv))
-    except (KeyError, AttributeError) as e:  # a locked ConfigDict reports an unknown key like this
-        raise EvalConfigError(f"unknown config key {_one_line(e)} (the config is locked: fix the spelling)") from None
-    except flags.Error as e:
-        raise EvalConfigError(f"{_one_line(e)} ({USAGE})") from None
-    except (TypeError, ValueError) as e:
-        raise EvalConfigError(f"bad --config override: {_one_line(e)}") from None
-    finally:
-        sys.argv = saved
-    return values.config
+    """The locked evaluation ConfigDict of ``argv`` (``EvalConfigError`` with one line on any problem)."""
+    return cli.parse_config(argv, usage=USAGE, error=EvalConfigError)
 
 
 def parse_modalities(text: str, where: str) -> tuple[str, ...]:
@@ -93,7 +67,7 @@ def check_eval_config(cfg: ConfigDict) -> None:
     try:
         GenerationConfig(**cfg.generation.to_dict())
     except (TypeError, ValueError) as e:
-        raise EvalConfigError(f"config.generation: {_one_line(e)}") from None
+        raise EvalConfigError(f"config.generation: {cli.one_line(e)}") from None
 
 
 def eval_data_config(cfg: ConfigDict, run_data: DataConfig) -> DataConfig:
@@ -159,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         output, rows = run(cfg)
     except (FileNotFoundError, ValueError) as e:
-        print(f"eval.py: error: {_one_line(e)}", file=sys.stderr)
+        print(f"eval.py: error: {cli.one_line(e)}", file=sys.stderr)
         return EXIT_CONFIG
     for name, m in rows.items():
         print(
