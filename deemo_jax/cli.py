@@ -1,12 +1,14 @@
 """Command-line parsing of ``--config=configs/X.py[:variant]`` plus ``--config.a.b=v`` overrides.
 
-Shared by ``scripts/train.py`` and ``scripts/eval.py``: the config dicts are locked, and every problem (no
-config, a missing file, an unknown key, a bad value) becomes one exception whose message is a single line
-saying what and how to fix, raised before anything is compiled.
+Shared by ``scripts/train.py`` and ``scripts/eval.py`` (plus small argparse helpers for the other scripts).
+The config dicts are locked, and every problem (no config, a missing file, an unknown key, a bad value)
+becomes one exception whose message is a single line saying what and how to fix, raised before anything is
+compiled.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from collections.abc import Sequence
@@ -84,3 +86,14 @@ def parse_config(argv: Sequence[str], *, usage: str, error: type[Exception] = Va
     finally:
         sys.argv = saved
     return values.config
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

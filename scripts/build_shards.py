@@ -22,20 +22,11 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deemo_jax.cli import positive_int  # noqa: E402
 from deemo_jax.data.builder import BuildError, build_shards  # noqa: E402
 from deemo_jax.data.manifest import DEFAULT_LABELS  # noqa: E402
 
 MAX_PRINTED_FAILURES = 20
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         "--labels", default=",".join(DEFAULT_LABELS),
         help="comma-separated label set; its order defines label_index (default: %(default)s)",
     )
-    parser.add_argument("--records-per-shard", type=_positive_int, default=64)
-    parser.add_argument("--workers", type=_positive_int, default=1, help="clip-processing processes")
+    parser.add_argument("--records-per-shard", type=positive_int, default=64)
+    parser.add_argument("--workers", type=positive_int, default=1, help="clip-processing processes")
     parser.add_argument(
         "--already-deidentified", action="store_true",
         help="accept videos without a de-identification sidecar (the data was de-identified elsewhere); "

@@ -21,26 +21,17 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deemo_jax.cli import positive_int  # noqa: E402
 from deemo_jax.data.builder import BuildError  # noqa: E402
 from deemo_jax.data.demo import DemoConfig, DemoDataError, SpeechError, make_demo_corpus  # noqa: E402
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, type=Path, help="corpus directory (created)")
-    parser.add_argument("--num-clips", type=_positive_int, default=DemoConfig.num_clips)
+    parser.add_argument("--num-clips", type=positive_int, default=DemoConfig.num_clips)
     parser.add_argument("--seed", type=int, default=DemoConfig.seed)
-    parser.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="processes (default 2)")
     parser.add_argument(
         "--force", action="store_true", help="delete a previous corpus in --output and rebuild"
     )

@@ -31,7 +31,6 @@ off is absent from the prompt and its media are not read, so its encoder branch 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -57,7 +56,14 @@ from deemo_jax.eval.generate import (
 )
 from deemo_jax.eval.labels import parse_label_with_rule
 from deemo_jax.eval.metrics import ClassificationMetrics, classification_metrics, plot_confusion_matrix
-from deemo_jax.eval.report import MODALITIES, metrics_markdown, table4_markdown, write_json_atomic, write_metrics_json
+from deemo_jax.eval.report import (
+    MODALITIES,
+    metrics_markdown,
+    table4_markdown,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_metrics_json,
+)
 from deemo_jax.models.deemo_llama import IGNORE_INDEX, DeemoLlama
 
 logger = logging.getLogger(__name__)
@@ -156,16 +162,6 @@ def _reference_text(tokenizer: PreTrainedTokenizerBase, labels_row: np.ndarray, 
     if task == "both" and target.lower().startswith(gold.lower() + "."):
         target = target[len(gold) + 1:].strip()  # "{label}. {reasoning}" -> reasoning
     return target or gold
-
-
-def _write_jsonl_atomic(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def evaluate_pass(
@@ -296,7 +292,7 @@ def evaluate_pass(
         "generated_tokens": generated_tokens,
         **(extra or {}),
     }
-    _write_jsonl_atomic(rows, output_dir / PREDICTIONS_FILE)
+    write_jsonl_atomic(rows, output_dir / PREDICTIONS_FILE)
     write_metrics_json(metrics, output_dir / METRICS_FILE, extra=summary)
     title = f"Emotion recognition, split {config.split}, modalities: {', '.join(modalities)}"
     plot_confusion_matrix(metrics.confusion, label_set, output_dir / CONFUSION_FILE, title=f"{config.split}: "

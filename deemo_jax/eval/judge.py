@@ -42,7 +42,7 @@ import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
-from deemo_jax.eval.report import write_json_atomic
+from deemo_jax.eval.report import write_json_atomic, write_jsonl_atomic
 
 PROMPT_VERSION = "deemo-emer-en-v1"
 PAPER_JUDGE_MODEL = "gpt-4o-mini-2024-07-18"
@@ -766,16 +766,6 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_jsonl_atomic(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_report(
     output_dir: Path,
     results: Sequence[SampleResult],
@@ -790,8 +780,8 @@ def write_report(
     tags = {"judge_model": config.model, "prompt_version": PROMPT_VERSION}
     failures = [{**f, **tags} for f in input_failures]
     failures += [{**f, **tags} for r in results for f in r.failures]
-    _write_jsonl_atomic(_score_rows(results, config), output_dir / "scores.jsonl")
-    _write_jsonl_atomic(failures, output_dir / "failures.jsonl")
+    write_jsonl_atomic(_score_rows(results, config), output_dir / "scores.jsonl")
+    write_jsonl_atomic(failures, output_dir / "failures.jsonl")
     summary = summarise(results, input_failures, config, stats, resamples=resamples, seed=seed)
     write_json_atomic(summary, output_dir / "summary.json")
     tmp = output_dir / ".summary.md.tmp"
@@ -979,7 +969,7 @@ def submit_batch(judge: Judge, requests: Sequence[JudgeRequest], output_dir: Pat
     if len(lines) > 50_000:
         raise ValueError(f"{len(lines)} requests exceed the Batch API limit of 50,000; use --limit to split")
     path = output_dir / f"batch_requests_{int(time.time())}.jsonl"
-    _write_jsonl_atomic(lines, path)
+    write_jsonl_atomic(lines, path)
     if path.stat().st_size > 200 * 1024 * 1024:
         raise ValueError(f"{path} exceeds the Batch API limit of 200 MB; use --limit to split")
     with path.open("rb") as f:
@@ -1177,7 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status, stored, failures = collect_batch(judge, args.output)
             print(f"judge: batch status {status}; {stored} result(s) cached, {len(failures)} failed")
             if failures:
-                _write_jsonl_atomic(failures, args.output / f"batch_failures_{int(time.time())}.jsonl")
+                write_jsonl_atomic(failures, args.output / f"batch_failures_{int(time.time())}.jsonl")
             if status not in ("completed", "expired", "cancelled", "failed"):
                 return 3
             ready, pending, _ = plan_requests(judge, samples)

@@ -213,21 +213,40 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to metrics JSON")
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON via a temporary file and ``os.replace`` (no torn file on a crash)."""
+def _write_atomic(path: str | os.PathLike, write) -> None:
+    """Write through a temporary file, fsync and ``os.replace`` (never a torn file after a crash)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=_jsonable)
-            f.write("\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+
+    def write(f) -> None:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=_jsonable)
+        f.write("\n")
+
+    _write_atomic(path, write)
+
+
+def write_jsonl_atomic(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Write one JSON object per line atomically."""
+
+    def write(f) -> None:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    _write_atomic(path, write)
 
 
 def write_metrics_json(
