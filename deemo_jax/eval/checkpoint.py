@@ -4,8 +4,8 @@ A training workdir (``scripts/train.py``) holds ``config.json`` (the full traini
 ``checkpoints/{step}/`` (Orbax; the ``trainable`` item holds only what training changed, see
 ``deemo_jax.train.checkpointing``). The model is rebuilt exactly as training built it
 (``deemo_jax.train.assembly.assemble_model``: frozen parts from the converted checkpoints the config names,
-or, for the demo's ``model.random_frozen``, the seeded random initialisation the run itself used), then the
-trainable parameters of the chosen step replace the fresh ones.
+or, for the demo's ``model.random_frozen``, the run's snapshot of its random frozen parts in
+``frozen_random/``), then the trainable parameters of the chosen step replace the fresh ones.
 """
 
 from __future__ import annotations

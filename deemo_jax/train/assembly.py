@@ -10,16 +10,22 @@
 4. ``checkpoints.init_trainable`` optionally replaces trainable branches by those of a converted video-llama
    directory or of a previous run (e.g. the caption pre-training workdir: the stage-1 -> stage-2 hand-off).
 5. The state is split by the config's trainable rules into ``trainable`` and ``frozen``.
+6. With ``model.random_frozen`` (the demo: no pretrained encoders exist), the frozen random parts are
+   snapshotted once in ``{workdir}/frozen_random/`` by :func:`snapshot_random_frozen` and read back from there
+   on every later assembly (resume, evaluation, inference), so a run's model never depends on the random
+   initialisers of the installed JAX version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
@@ -37,6 +43,8 @@ from deemo_jax.train.partition import (
 )
 
 logger = logging.getLogger(__name__)
+
+RANDOM_FROZEN_DIR = "frozen_random"
 
 
 @dataclasses.dataclass
@@ -121,7 +129,41 @@ def assemble_model(
     graphdef, trainable, frozen = nnx.split(model, trainable_filter, ...)
     trainable_sh = state_shardings(trainable, mesh, rules)
     frozen_sh = state_shardings(frozen, mesh, rules)
-    return AssembledModel(graphdef, trainable, frozen, trainable_filter, trainable_sh, frozen_sh, sources)
+    asm = AssembledModel(graphdef, trainable, frozen, trainable_filter, trainable_sh, frozen_sh, sources)
+    snapshot = _random_frozen_dir(cfg)
+    if snapshot is not None and snapshot.is_dir():
+        names = _random_frozen_names(asm)
+        target = abstract_with_shardings(
+            {n: nnx.to_pure_dict(frozen[n]) for n in names}, {n: nnx.to_pure_dict(frozen_sh[n]) for n in names}
+        )
+        nnx.replace_by_pure_dict(frozen, ocp.StandardCheckpointer().restore(snapshot, target))
+        sources.update({n: str(snapshot) for n in names})
+    return asm
+
+
+def _random_frozen_dir(cfg: ConfigDict) -> Path | None:
+    if not cfg.model.random_frozen:
+        return None
+    return Path(os.path.expanduser(cfg.workdir)).absolute() / RANDOM_FROZEN_DIR
+
+
+def _random_frozen_names(asm: AssembledModel) -> list[str]:
+    """Components whose frozen parameters came from the random initialisation."""
+    return sorted(n for n, source in asm.sources.items() if source == "random init" and n in asm.frozen)
+
+
+def snapshot_random_frozen(cfg: ConfigDict, asm: AssembledModel) -> None:
+    """Save the randomly initialised frozen parameters once (``model.random_frozen`` runs only).
+
+    Every process must call this (Orbax writes each process's shards).
+    """
+    snapshot = _random_frozen_dir(cfg)
+    names = _random_frozen_names(asm)
+    if snapshot is None or snapshot.is_dir() or not names:
+        return
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(snapshot, {n: nnx.to_pure_dict(asm.frozen[n]) for n in names})
+    checkpointer.wait_until_finished()
 
 
 def _init_trainable(source: str, abstract_pure: dict, trainable: TrainableFilter, model_cfg: DeemoLlamaConfig) -> dict:

@@ -34,7 +34,7 @@ from deemo_jax.data.pipeline import DataIterator, make_iterator, read_label_set
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
 from deemo_jax.models.deemo_llama import DeemoLlamaConfig, check_inputs
 from deemo_jax.train import records
-from deemo_jax.train.assembly import AssembledModel, assemble_model
+from deemo_jax.train.assembly import AssembledModel, assemble_model, snapshot_random_frozen
 from deemo_jax.train.checkpointing import TrainCheckpointer, checkpoint_dir
 from deemo_jax.train.config import ConfigError, check_mesh, data_config, model_config, tokenizer_path
 from deemo_jax.train.flops import example_flops, peak_flops_per_device
@@ -154,6 +154,7 @@ def train(cfg: ConfigDict) -> TrainResult:
 
     with jax.set_mesh(mesh), sharding.logical_rules():
         asm = assemble_model(cfg, model_cfg, mesh)
+        snapshot_random_frozen(cfg, asm)
         for name, source in sorted(asm.sources.items()):
             logger.info("%-32s %s, %s", name, "trainable" if name in asm.trainable_modules else "frozen", source)
         o = cfg.optim
