@@ -246,7 +246,7 @@ def _generate_jit(
     llama = nnx.merge(graphdef, state)
     batch, prompt_len = attention_mask.shape
     cache = llama.init_cache(batch, prompt_len + max_new_tokens, cache_dtype)
-    logits, cache = llama(inputs_embeds=embeds, attention_mask=attention_mask, cache=cache)
+    logits, cache = llama(inputs_embeds=embeds, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
 
     # Token buffer with (stop table width - 1) leading NO_TOKEN columns, so a stop-sequence tail never reaches
     # into the prompt and every tail is one static-size dynamic_slice.

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deemo_jax.models import layers
+from deemo_jax.models import attention, layers
 from deemo_jax.sharding import constrain
 
 _BLD = ("activation_batch", "activation_length", "activation_embed")
@@ -86,7 +86,7 @@ class EvaAttention(nnx.Module):
         q = q + self.q_bias[...].astype(self.dtype)
         v = v + self.v_bias[...].astype(self.dtype)
         q, k, v = (constrain(layers.split_heads(t, self.num_heads), _BLHD) for t in (q, k, v))
-        out = jax.nn.dot_product_attention(q, k, v)  # scale head_dim**-0.5, softmax in fp32
+        out = attention.dot_product_attention(q, k, v, mask=None, is_causal=False)
         return self.proj(layers.merge_heads(out))
 
 

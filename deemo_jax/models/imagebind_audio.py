@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deemo_jax.models import layers
+from deemo_jax.models import attention, layers
 from deemo_jax.sharding import constrain
 
 _BLD = ("activation_batch", "activation_length", "activation_embed")
@@ -114,7 +114,7 @@ class ImageBindAttention(nnx.Module):
         k = jnp.concatenate([k, extra_k], axis=1)
         v = jnp.concatenate([v, extra_v], axis=1)
         q, k, v = (constrain(layers.split_heads(t, self.num_heads), _BLHD) for t in (q, k, v))
-        out = jax.nn.dot_product_attention(q, k, v)  # scale head_dim**-0.5, softmax in fp32
+        out = attention.dot_product_attention(q, k, v, mask=None, is_causal=False)
         return self.out_proj(layers.merge_heads(out))
 
 

@@ -51,11 +51,9 @@ import numpy as np
 from flax import nnx, struct
 
 from deemo_jax import sharding
-from deemo_jax.models import layers
+from deemo_jax.models import attention, layers
 
 Dtype = Any
-
-_ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +70,8 @@ class LlamaConfig:
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
-    # ``implementation`` of jax.nn.dot_product_attention: None (XLA) or "cudnn" (GPU, fp16/bf16 only).
+    # See deemo_jax.models.attention: None (per-head loop on CPU, XLA's elsewhere), "xla", "looped", or
+    # "cudnn" (GPU, fp16/bf16 only).
     attention_impl: str | None = None
 
     def __post_init__(self):
@@ -100,9 +99,9 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: head_dim {self.head_dim} must be even for rotary embeddings")
-        if self.attention_impl not in _ATTENTION_IMPLS:
+        if self.attention_impl not in attention.IMPLEMENTATIONS:
             raise ValueError(
-                f"LlamaConfig.attention_impl must be one of {_ATTENTION_IMPLS}, got {self.attention_impl!r}"
+                f"LlamaConfig.attention_impl must be one of {attention.IMPLEMENTATIONS}, got {self.attention_impl!r}"
             )
 
     @property
@@ -311,7 +310,7 @@ class LlamaAttention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
             kv = (k, v)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = jax.nn.dot_product_attention(
+        out = attention.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, implementation=c.attention_impl
         )
         out = sharding.constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
@@ -436,6 +435,7 @@ class Llama(nnx.Module):
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits ``[B, L, vocab]`` (float32) and the updated cache (None without a cache).
 
@@ -445,6 +445,8 @@ class Llama(nnx.Module):
           positions: int ``[B, L]`` RoPE positions; None = each row's count of real tokens so far (see the
             module docstring). Explicit positions do not change how ``cache.positions`` advances.
           cache: a :class:`KVCache` from :meth:`init_cache`; the new tokens are appended to it.
+          logits_to_keep: > 0: only the logits of the last ``logits_to_keep`` positions ``[B, n, vocab]`` are
+            computed (a generation prefill needs one column; the full ``lm_head`` is a quarter of the FLOPs).
         """
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -470,6 +472,8 @@ class Llama(nnx.Module):
                 )
         if cache is not None:
             self._check_cache(cache, batch, length)
+        if not isinstance(logits_to_keep, int) or not 0 <= logits_to_keep <= length:
+            raise ValueError(f"Llama: logits_to_keep must be an int in [0, {length}], got {logits_to_keep!r}")
 
         if input_ids is not None:
             x = self.embed(input_ids)
@@ -509,6 +513,8 @@ class Llama(nnx.Module):
         for layer, kv in zip(self.layers, kvs, strict=True):
             x, kv = run(layer, x, cos, sin, mask, is_causal, kv, write_index)
             new_kvs.append(kv)
+        if logits_to_keep:
+            x = x[:, length - logits_to_keep :]
         x = self.norm(x)
         logits = self.lm_head(x).astype(jnp.float32)
         logits = sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))

@@ -56,7 +56,8 @@ def base_config() -> ConfigDict:
             use_video=True,
             use_audio=True,
             remat=False,
-            attention_impl="",  # "" (XLA) or "cudnn" (GPU, bf16)
+            # LLM attention: "" (auto: per-head loop on CPU, XLA on GPU), "xla", "looped", "cudnn" (GPU, bf16).
+            attention_impl="",
             # Frozen parts without a checkpoint are randomly initialised only when this is True (demo, tests).
             random_frozen=False,
             # Sizes of the "tiny" preset (ignored by deemo_7b); vocab_size 0 = the tokenizer's vocabulary.
@@ -159,8 +160,11 @@ def check_config(cfg: ConfigDict) -> None:
         _fail(f"config.model.preset = {m.preset!r}: must be one of {PRESETS}")
     if m.frozen_dtype not in DTYPES:
         _fail(f"config.model.frozen_dtype = {m.frozen_dtype!r}: must be one of {sorted(DTYPES)}")
-    if m.attention_impl not in ("", "cudnn"):
-        _fail(f"config.model.attention_impl = {m.attention_impl!r}: must be '' (XLA) or 'cudnn'")
+    if m.attention_impl not in ("", "xla", "looped", "cudnn"):
+        _fail(
+            f"config.model.attention_impl = {m.attention_impl!r}: must be '' (auto), 'xla', 'looped' or 'cudnn' "
+            "(see deemo_jax/models/attention.py)"
+        )
     if not (m.use_video or m.use_audio):
         _fail("config.model.use_video and config.model.use_audio are both False; build at least one branch")
     for key in ("data.use_video", "data.use_audio"):

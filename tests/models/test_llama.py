@@ -193,6 +193,18 @@ def test_inputs_embeds_equals_input_ids(tiny):
     np.testing.assert_array_equal(np.asarray(from_ids), np.asarray(from_embeds))
 
 
+def test_logits_to_keep_returns_the_last_columns(tiny):
+    model, _, _ = tiny
+    ids = jnp.array([[3, 4, 5, 6], [7, 8, 9, 10]], jnp.int32)
+    mask = jnp.array([[0, 1, 1, 1], [1, 1, 1, 1]], jnp.int32)
+    full, _ = model(ids, attention_mask=mask)
+    last, _ = model(ids, attention_mask=mask, logits_to_keep=1)
+    assert last.shape == (2, 1, 128)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1:]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"logits_to_keep must be an int in \[0, 4\], got 5"):
+        model(ids, logits_to_keep=5)
+
+
 def test_explicit_positions_are_used(tiny):
     _, forward, _ = tiny
     ids = jnp.array([[3, 4, 5, 6]], jnp.int32)
