@@ -7,6 +7,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
@@ -57,3 +58,69 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, iters: i
             if step >= warmup:
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def add_llama_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mid-size LLaMA both LLaMA benchmarks compare at (8 layers x 1024, vocab 32000), and the timing loop."""
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--intermediate", type=int, default=2816)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+
+
+def build_llama_pair(args: argparse.Namespace, max_positions: int) -> tuple[Any, Any]:
+    """(deemo_jax ``Llama``, transformers ``LlamaForCausalLM`` in eval mode, SDPA) with the same weights.
+
+    The torch model's initialisation (seed 0) is converted with ``deemo_jax.convert.llama``. Prints the machine
+    and library versions. Call after :func:`apply_cpu_dots`: it starts JAX.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import transformers
+    from flax import nnx
+
+    from deemo_jax.convert.llama import llama_params_from_torch
+    from deemo_jax.models.llama import Llama, LlamaConfig
+
+    torch.set_num_threads(os.cpu_count())
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=max(2048, max_positions),
+    )
+    print(machine_line())
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+    )
+    torch.manual_seed(0)
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta,
+        max_position_embeddings=config.max_position_embeddings,
+        attn_implementation="sdpa",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    hf = transformers.LlamaForCausalLM(hf_config).eval()
+    state_dict = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, llama_params_from_torch(state_dict, config)))
+    return nnx.merge(graphdef, state), hf

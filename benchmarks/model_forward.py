@@ -19,23 +19,15 @@ starts, unless XLA_FLAGS already chooses. Results agree up to float rounding; tr
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
-from common import add_cpu_dots_argument, apply_cpu_dots, machine_line, time_interleaved
+from common import add_cpu_dots_argument, add_llama_size_arguments, apply_cpu_dots, build_llama_pair, time_interleaved
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--batch", type=int, default=4)
+    add_llama_size_arguments(parser)
     parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
     add_cpu_dots_argument(parser, default="eigen")
     args = parser.parse_args()
     if args.iters < 1 or args.warmup < 0:
@@ -50,50 +42,14 @@ def run(args: argparse.Namespace) -> None:
     import jax.numpy as jnp
     import numpy as np
     import torch
-    import transformers
     from flax import nnx
 
-    from deemo_jax.convert.llama import llama_params_from_torch
-    from deemo_jax.models.llama import Llama, LlamaConfig, count_params
+    from deemo_jax.models.llama import count_params
 
-    torch.set_num_threads(os.cpu_count())
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=max(2048, args.seq),
-    )
-    print(machine_line())
-    print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")  # fmt: skip
-
-    torch.manual_seed(0)
-    hf_config = transformers.LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta,
-        max_position_embeddings=config.max_position_embeddings,
-        attn_implementation="sdpa",
-    )
-    hf = transformers.LlamaForCausalLM(hf_config).eval()
-    state_dict = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, llama_params_from_torch(state_dict, config)))
-    model = nnx.merge(graphdef, state)
-    c = config
-    print(f"model: {count_params(model) / 1e6:.1f} M parameters, {c.num_hidden_layers} layers, hidden "
-          f"{c.hidden_size}, {c.num_attention_heads} heads; batch {args.batch} x {args.seq}")  # fmt: skip
-    del state_dict
+    model, hf = build_llama_pair(args, args.seq)
+    config = model.config
+    print(f"model: {count_params(model) / 1e6:.1f} M parameters, {config.num_hidden_layers} layers, hidden "
+          f"{config.hidden_size}, {config.num_attention_heads} heads; batch {args.batch} x {args.seq}")  # fmt: skip
 
     ids = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
     tokens = ids.size

@@ -114,7 +114,10 @@ def test_frozen_weights_never_change_and_optimizer_state_is_trainable_only(setup
     assert np.isfinite(metrics["loss"])
     for (path, before), (_, after) in zip(nnx.to_flat_state(frozen_before), nnx.to_flat_state(frozen), strict=True):
         np.testing.assert_array_equal(np.asarray(after[...]), np.asarray(before[...]), err_msg=str(path))
-    changed = [not np.array_equal(np.asarray(a[...]), np.asarray(b[...]))
-               for (_, a), (_, b) in zip(nnx.to_flat_state(params_before), nnx.to_flat_state(new_params), strict=True)]
-    assert all(changed)
+    # Every trainable parameter moves, except the attention key biases: softmax is invariant to adding the same
+    # q.b_k to all of a query's logits, so their gradient is zero up to rounding (and AdamW may or may not move
+    # them by that noise).
+    pairs = zip(nnx.to_flat_state(params_before), nnx.to_flat_state(new_params), strict=True)
+    unchanged = [path for (path, a), (_, b) in pairs if np.array_equal(np.asarray(a[...]), np.asarray(b[...]))]
+    assert [path for path in unchanged if path[-2:] != ("key", "bias")] == []
     assert int(nnx.to_flat_state(new_opt)[-1][1][...]) == 3  # optimizer step count
