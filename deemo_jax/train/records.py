@@ -4,7 +4,8 @@ and the loss-curve plot.
 ``{workdir}/metrics.jsonl``: one JSON object per optimizer step (process 0): ``step`` (completed steps, from
 1), ``loss``, ``lr``, ``grad_norm``, ``step_time_s``, ``tokens_per_s``, ``examples_per_s``,
 ``tflops_per_s_per_device`` (useful FLOPs, ``deemo_jax.train.flops``), ``mfu`` (only on devices whose peak is
-known), ``supervised_tokens``. The first step after a (re)start includes compilation.
+known), ``supervised_tokens``. The first step after a (re)start includes compilation and is timed alone; the
+timing fields of later steps are means over the last 10 steps (see ``trainer._StepTimer``).
 ``{workdir}/tensorboard/``: the same scalars. ``{workdir}/examples/process_{i}.jsonl``: per step, the record
 ids of this process's rows (``ids``, in batch order, micro-batch after micro-batch; None for padding rows)
 and the ids dropped as over-long (``dropped``).

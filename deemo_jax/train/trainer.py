@@ -14,6 +14,7 @@ produced by a non-finite step: on a NaN/Inf loss or gradient the run stops with 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -102,14 +103,32 @@ def _non_finite_message(step: int, metrics: dict, last_good: int | None, ckpt_di
 
 
 class _StepTimer:
-    def __init__(self) -> None:
-        self.last: float | None = None
+    """Step time and token rate averaged over the last ``window`` steps.
 
-    def lap(self) -> float:
+    Steps are dispatched one ahead of reading their metrics, and a CPU backend may run a small step inline in
+    the dispatching call, so the wall time between two metric reads is one step's time only on average: it can
+    read ~0 s for the step after a checkpoint and twice the step time for the one before. A short moving
+    window reports the rate a user can rely on. The first step (compilation) is reported alone.
+    """
+
+    def __init__(self, window: int = 10) -> None:
+        self.last = 0.0  # set by start()
+        self.first = True
+        self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, tokens: float) -> tuple[float, float]:
+        """(mean seconds per step, tokens per second) over the window, after a step that processed ``tokens``."""
         now = time.perf_counter()
-        elapsed = 0.0 if self.last is None else now - self.last
-        self.last = now
-        return elapsed
+        elapsed, self.last = now - self.last, now
+        if self.first:
+            self.first = False
+            return elapsed, tokens / elapsed if elapsed > 0 else 0.0
+        self.recent.append((elapsed, tokens))
+        seconds = sum(e for e, _ in self.recent)
+        return seconds / len(self.recent), sum(t for _, t in self.recent) / seconds if seconds > 0 else 0.0
 
 
 def _init_optimizer(asm: AssembledModel, tx, mesh) -> tuple[nnx.GraphDef, nnx.State, Any]:
@@ -205,19 +224,19 @@ def train(cfg: ConfigDict) -> TrainResult:
         def finish(done: int, metrics: Any, ids: list, dropped: list) -> None:
             nonlocal final_loss
             host = jax.device_get(metrics)
-            elapsed = timer.lap()
+            step_time, tokens_per_s = timer.lap(float(host["tokens"]))
             loss, grad_norm = float(host["loss"]), float(host["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteError(_non_finite_message(done, host, last_good, ckpt.directory))
             example_log.write(done, ids, dropped)
             record = {
                 "step": done, "loss": loss, "lr": float(schedule(done - 1)), "grad_norm": grad_norm,
-                "step_time_s": elapsed, "supervised_tokens": int(host["supervised_tokens"]),
+                "step_time_s": step_time, "supervised_tokens": int(host["supervised_tokens"]),
             }
-            if elapsed > 0:
-                record["tokens_per_s"] = float(host["tokens"]) / elapsed
-                record["examples_per_s"] = cfg.train.global_batch_size / elapsed
-                achieved = flops / elapsed / jax.device_count()
+            if step_time > 0:
+                record["tokens_per_s"] = tokens_per_s
+                record["examples_per_s"] = cfg.train.global_batch_size / step_time
+                achieved = flops / step_time / jax.device_count()
                 record["tflops_per_s_per_device"] = achieved / 1e12
                 if peak:
                     record["mfu"] = achieved / peak
@@ -227,7 +246,7 @@ def train(cfg: ConfigDict) -> TrainResult:
             final_loss = loss
 
         try:
-            timer.lap()
+            timer.start()
             for index in range(start, total_steps):
                 done = index + 1
                 host, ids, dropped = _step_batch(iterator, accum)
