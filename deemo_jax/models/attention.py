@@ -1,4 +1,4 @@
-"""Scaled dot-product attention for the LLaMA decoder: XLA's, cuDNN's, or a per-head loop for CPUs.
+"""Scaled dot-product attention of every model here: XLA's, cuDNN's, or a per-head loop for CPUs.
 
 ``jax.nn.dot_product_attention`` without a fused kernel (XLA:CPU) materialises the scores of every batch row
 and head at once, ``[B, N, T, S]``, and streams them through memory three times (scores, softmax, weighted
@@ -54,14 +54,16 @@ def _looped_attention(q, k, v, mask, is_causal):
     batch, length, num_heads, head_dim = q.shape
     num_kv_heads, key_length = k.shape[2], k.shape[1]
     per_kv = num_heads // num_kv_heads
-    allowed = jnp.ones((1, length, key_length), jnp.bool_)
-    if is_causal:
-        allowed = jnp.tril(allowed)
-    if mask is not None:
-        allowed = allowed & jnp.broadcast_to(mask, (mask.shape[0], 1, length, key_length))[:, 0]
+    allowed = None  # [B or 1, R*T, S] where keys may be attended; None: everywhere (the encoders)
+    if is_causal or mask is not None:
+        allowed = jnp.ones((1, length, key_length), jnp.bool_)
+        if is_causal:
+            allowed = jnp.tril(allowed)
+        if mask is not None:
+            allowed = allowed & jnp.broadcast_to(mask, (mask.shape[0], 1, length, key_length))[:, 0]
+        allowed = jnp.tile(allowed, (1, per_kv, 1))
     # The R query heads sharing a key/value head are stacked along the query axis, so that each iteration is
     # a plain batched matmul (a 5-D layout made the backward pass 1.7x slower): q [K, B, R*T, H], k/v [K, B, S, H].
-    allowed = jnp.tile(allowed, (1, per_kv, 1))
     q_groups = q.reshape(batch, length, num_kv_heads, per_kv, head_dim).transpose(2, 0, 3, 1, 4)
     q_groups = q_groups.reshape(num_kv_heads, batch, per_kv * length, head_dim)
     k_heads, v_heads = k.transpose(2, 0, 1, 3), v.transpose(2, 0, 1, 3)
@@ -70,7 +72,8 @@ def _looped_attention(q, k, v, mask, is_causal):
     def one_kv_head(qkv):
         qh, kh, vh = qkv
         scores = jnp.einsum("bth,bsh->bts", qh, kh, preferred_element_type=jnp.float32) * scale
-        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        if allowed is not None:
+            scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(vh.dtype)
         return jnp.einsum("bts,bsh->bth", probs, vh)
 

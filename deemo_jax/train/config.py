@@ -23,6 +23,7 @@ from ml_collections import ConfigDict
 
 from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
 from deemo_jax.data.prompts import TASKS
+from deemo_jax.models import attention
 from deemo_jax.models.deemo_llama import DeemoLlamaConfig
 from deemo_jax.models.llama import LlamaConfig
 
@@ -160,9 +161,10 @@ def check_config(cfg: ConfigDict) -> None:
         _fail(f"config.model.preset = {m.preset!r}: must be one of {PRESETS}")
     if m.frozen_dtype not in DTYPES:
         _fail(f"config.model.frozen_dtype = {m.frozen_dtype!r}: must be one of {sorted(DTYPES)}")
-    if m.attention_impl not in ("", "xla", "looped", "cudnn"):
+    named = [impl for impl in attention.IMPLEMENTATIONS if impl]
+    if m.attention_impl and m.attention_impl not in named:
         _fail(
-            f"config.model.attention_impl = {m.attention_impl!r}: must be '' (auto), 'xla', 'looped' or 'cudnn' "
+            f"config.model.attention_impl = {m.attention_impl!r}: must be '' (auto) or one of {named} "
             "(see deemo_jax/models/attention.py)"
         )
     if not (m.use_video or m.use_audio):
@@ -287,7 +289,6 @@ def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
     """The ``DeemoLlamaConfig`` of a (validated) config; ``vocab_size`` is the tokenizer's base vocabulary."""
     m = cfg.model
     frozen_dtype = DTYPES[m.frozen_dtype]
-    attention = m.attention_impl or None
     if m.preset == "deemo_7b":
         base = DeemoLlamaConfig.deemo_7b(frozen_dtype=frozen_dtype)
         llm = llm_config_from_manifest(cfg.checkpoints.llm) if cfg.checkpoints.llm else base.llm
@@ -308,7 +309,7 @@ def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
             audio_encoder=r(base.audio_encoder, depth=t.audio_depth),
             audio_qformer=r(base.audio_qformer, num_layers=t.qformer_layers),
         )
-    llm = dataclasses.replace(llm, remat=m.remat, attention_impl=attention)
+    llm = dataclasses.replace(llm, remat=m.remat, attention_impl=m.attention_impl or None)
     video = dict(vit=None, image_qformer=None, video_qformer=None) if not m.use_video else {}
     audio = dict(audio_encoder=None, audio_qformer=None) if not m.use_audio else {}
     return dataclasses.replace(base, llm=llm, **video, **audio)

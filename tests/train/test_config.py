@@ -52,6 +52,7 @@ def run_main(capsys, argv):
         (["--config.data.tokenizer_path=/nonexistent/tok"], "tokenizer directory '/nonexistent/tok' does not exist"),
         (["--config.train.global_batch_size=7"], "not divisible by train.grad_accum_steps"),
         (["--config.optim.init_lr=abc"], "could not convert string to float"),
+        (["--config.model.attention_impl=flash"], r"attention_impl = 'flash': must be '' \(auto\) or one of \['xla'"),
         (["--config.trainable=('video_qformer', 'no_such_module')"], "patterns \\['no_such_module'\\] select no"),
     ],
 )
@@ -124,6 +125,10 @@ def test_tiny_model_config_from_the_demo_config():
     with cfg.unlocked():
         cfg.model.use_audio = False
     assert model_config(cfg, 1000).audio_encoder is None
+    assert model.llm.attention_impl is None  # "" = auto
+    with cfg.unlocked():
+        cfg.model.attention_impl = "looped"
+    assert model_config(cfg, 1000).llm.attention_impl == "looped"
 
 
 def test_distributed_settings():
