@@ -26,8 +26,10 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import numpy as np  # noqa: E402
 
 from deemo_jax.deid import CenterFace, DeidSettings, anonymize, audit_video, deidentify_video  # noqa: E402
-from deemo_jax.deid.testing import vowel_audio, write_face_video  # noqa: E402
-from deemo_jax.deid.video import probe, read_frames  # noqa: E402
+from deemo_jax.media import iter_frames, probe  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/ helpers
+from tests.deid.synthetic import vowel_audio, write_face_video  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -62,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deid-bench-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         write_face_video(clip, args.frames, width, height, args.fps, audio=False)
-        frames = list(read_frames(clip, probe(clip)))
+        frames = list(iter_frames(clip, probe(clip)))
 
         detectors = {}
         for backend in args.backends.split(","):

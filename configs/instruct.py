@@ -29,48 +29,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     variant = arg or "paper"
     if variant not in VARIANTS:
         raise ValueError(f"configs/instruct.py: unknown variant {variant!r}; use one of {VARIANTS}")
-    c = base_config()
+    c = base_config()  # the paper's recipe: deemo_jax/train/config.py states it once
     c.workdir = "runs/instruct"
-    # The paper's freezing: only these modules train (patterns over parameter paths, deemo_jax/train/partition.py).
-    c.trainable = tuple(PAPER_TRAINABLE)
-
-    c.model.preset = "deemo_7b"
-    c.model.frozen_dtype = "bfloat16"  # frozen encoders + LLM in bf16; trainable parts keep fp32 master weights
-
-    # Converted frozen weights (scripts/convert_checkpoint.py); required for this variant.
-    c.checkpoints.eva_vit = ""  # --source eva-vit-g (eva_vit_g.pth)
-    c.checkpoints.blip2 = ""  # --source blip2-qformer (blip2_pretrained_flant5xxl.pth): image Q-Former + ln_vision
-    c.checkpoints.imagebind = ""  # --source imagebind-audio (imagebind_huge.pth)
-    c.checkpoints.llm = ""  # --source hf-llama (Vicuna-7B); its tokenizer/ is the default data.tokenizer_path
-    c.checkpoints.init_trainable = ""  # e.g. a converted Video-LLaMA/AffectGPT checkpoint (--source video-llama)
-
     c.data.shard_dir = "shards/deemo_mer"
-    c.data.task = "reasoning"  # AffectGPT's emotion-reasoning target
-    c.data.max_length = 512
-    c.data.num_frames = 8
-    c.data.num_audio_clips = 8
-
-    # Paper: batch size 2 on one A100. AffectGPT stage 3: 1000 warm-up steps, cosine 3e-5 -> 1e-5.
-    c.train.global_batch_size = 2
-    c.train.grad_accum_steps = 1
-    c.train.total_steps = 10_000  # ~12 epochs of DEEMO-MER's ~1.6k training clips at batch 2 (our choice)
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 3
-    c.train.log_every = 10
-    c.train.dropout = True  # Q-Former dropout 0.1 (reference_spec §10.5)
-
-    c.optim.init_lr = 3e-5
-    c.optim.min_lr = 1e-5
-    c.optim.warmup_lr = 1e-6
-    c.optim.warmup_steps = 1000
-    c.optim.weight_decay = 0.05
-    c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
-    c.optim.grad_clip = 1.0  # the reference runner does not clip; 0 disables
-
-    # Frozen LLM and encoders sharded over fsdp (all devices by default), the batch over data x fsdp.
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-
-    c.eval.at_end = False
     if variant == "demo":
         _demo(c)
     c.lock()
@@ -80,16 +41,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
 def _demo(c: ConfigDict) -> None:
     """Tiny model on the bundled demo corpus; no pretrained weights exist for it."""
     c.workdir = "runs/demo"
-    c.model.preset = "tiny"
+    c.model.preset = "demo"  # tiny encoders, LLM hidden 128 / MLP 256 (deemo_jax/models/deemo_llama.py PRESETS)
     c.model.frozen_dtype = "float32"
     # Random frozen encoders are fine for a demo; the random tiny LLM must learn language, so the demo ALSO
     # TRAINS THE LLM (unlike the paper, which keeps Vicuna frozen).
     c.model.random_frozen = True
-    c.model.tiny.llm_hidden = 128
-    c.model.tiny.llm_mlp = 256
-    c.model.tiny.llm_layers = 2
-    c.model.tiny.llm_heads = 4
-    c.model.tiny.llm_kv_heads = 2
     c.trainable = tuple(PAPER_TRAINABLE) + ("llama",)
     c.data.shard_dir = "demo_data/shards"
     c.data.tokenizer_path = "demo_data/tokenizer"

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _default_mode() -> int:
+    """What ``open()`` would give a new file (0o666 less the umask); ``mkstemp`` alone gives 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _default_mode()
+
+
 def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[IO], None]) -> Path:
     """Write ``content`` (text, bytes, or a function that writes to the open file) to ``path`` atomically.
 
@@ -21,6 +31,7 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[IO], 
     binary = isinstance(content, bytes)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             if callable(content):
                 content(f)

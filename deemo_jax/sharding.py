@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -51,30 +52,38 @@ _ACTIVE_RULES: contextvars.ContextVar[LogicalRules | None] = contextvars.Context
 )
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD-style propagation).
+def mesh_sizes(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes for ``device_count`` devices; one size may be -1 (filled in).
 
-    One size may be -1 and is then filled from the device count.
+    The one check of mesh sizes: a ``ValueError`` whose message says what to set.
     """
-    devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
+    for axis, value in zip(MESH_AXES, sizes, strict=True):
+        if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
+            raise ValueError(f"mesh.{axis} = {value!r}: must be a positive integer or -1 (fill from the device count)")
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    known = int(np.prod([s for s in sizes if s != -1]))
+        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
+        if device_count % known:
             raise ValueError(
-                f"mesh: {len(devices)} devices are not divisible by the fixed axes product {known} "
-                f"(data={data} fsdp={fsdp} tensor={tensor}); choose sizes whose product divides the device count"
+                f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): the fixed axes (product {known}) do not divide "
+                f"the {device_count} devices; pick sizes whose product divides the device count"
             )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
+        sizes[sizes.index(-1)] = device_count // known
+    if math.prod(sizes) != device_count:
         raise ValueError(
-            f"mesh: data*fsdp*tensor = {sizes[0]}*{sizes[1]}*{sizes[2]} = {int(np.prod(sizes))} but "
-            f"{len(devices)} devices are available; set the mesh sizes so their product equals the device count "
-            "(or use -1 for one axis)"
+            f"mesh data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} but there are "
+            f"{device_count} devices; set the mesh sizes so the product is {device_count} (or use -1 for one axis)"
         )
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD-style propagation); sizes as :func:`mesh_sizes`."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(data, fsdp, tensor, len(devices))
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 """Convert a released PyTorch checkpoint into an Orbax directory for deemo-jax.
 
     python scripts/convert_checkpoint.py --source KIND --input PATH --output DIR \
-        [--dtype float32|bfloat16] [--verify] [--overwrite] [--allow-unexpected]
+        [--dtype float32|bfloat16] [--verify] [--overwrite] [--allow-unexpected] [--allow-nonfinite]
 
 Kinds: eva-vit-g, blip2-qformer, imagebind-audio, hf-llama, video-llama (see docs/convert.md and --help).
 """

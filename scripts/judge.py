@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Score emotion-reasoning predictions with a GPT judge; see docs/judge.md.
+"""Score emotion-reasoning predictions with a GPT judge; see docs/judge.md (same as python -m deemo_jax.eval.judge).
 
 OPENAI_API_KEY=... python scripts/judge.py --predictions PRED.jsonl --output DIR
     [--model gpt-4o-mini-2024-07-18] [--base-url URL] [--concurrency 8] [--max-retries 5] [--timeout 60]
     [--batch-api | --collect] [--yes] [--dry-run] [--limit N]
 
-Exit status: 0 done (scores.jsonl/failures.jsonl/summary.json written, or a batch submitted/collected),
-1 declined at the confirmation prompt, 2 invalid arguments or a fatal endpoint error (bad key, unknown model),
-3 the collected batch is still running, 130 interrupted (rerun the same command to resume).
+Exit status (deemo_jax/exit_codes.py): 0 done, 1 some samples failed (see failures.jsonl), 2 bad arguments or
+input, unwritable output folder, declined at the prompt or a fatal endpoint error (bad key, unknown model),
+5 the collected batch is still running, 130 interrupted (rerun the same command to resume).
 """
 
 import sys

@@ -1,7 +1,11 @@
 """Command line of ``scripts/convert_checkpoint.py`` (importable so tests can call :func:`main` in process).
 
-Exit codes: 0 converted (and verified, with ``--verify``); 1 verification failed (nothing written);
-2 bad input or usage (one-line message; ``--debug`` shows the traceback).
+Exit codes (``deemo_jax.exit_codes``), each failure with a one-line message (``--debug`` shows the traceback)
+and nothing written under ``--output``:
+0 converted (and verified, with ``--verify``); 1 verification failed; 2 usage: bad arguments, an input that is
+not a checkpoint of this kind (missing/unexpected/mis-shaped keys, wrong kind, refused pickle), an output that
+exists or cannot be written, torch missing; 3 bad data: the checkpoint is damaged (NaN/Inf values, truncated or
+corrupt file); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,9 +15,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from deemo_jax import exit_codes
 from deemo_jax.convert.kinds import KINDS
-
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--allow-unexpected", action="store_true", help="skip unknown extra keys instead of failing")
     p.add_argument(
+        "--allow-nonfinite", action="store_true",
+        help="convert tensors holding NaN/Inf instead of failing (they are listed in the manifest)",
+    )
+    p.add_argument(
         "--override", action="append", default=[], metavar="COMPONENT.FIELD=VALUE",
         help="set a config field the shapes do not determine, e.g. image_qformer.num_heads=12 (repeatable)",
     )
@@ -48,10 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Imported here, not at the top: the pipeline pulls in Orbax (~1.5 s), which --help and usage errors skip.
     from deemo_jax.convert.common import CheckpointKeyError
-    from deemo_jax.convert.converted import ConvertedCheckpointError
+    from deemo_jax.convert.converted import ConvertedCheckpointError, NonFiniteTensorError
     from deemo_jax.convert.pipeline import VerificationError, convert_checkpoint
-    from deemo_jax.convert.readers import CheckpointFormatError
+    from deemo_jax.convert.readers import CheckpointFormatError, DamagedCheckpointError
 
     try:
         convert_checkpoint(
@@ -64,11 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify_layers=args.verify_layers,
             overwrite=args.overwrite,
             allow_unexpected=args.allow_unexpected,
+            allow_nonfinite=args.allow_nonfinite,
             progress=args.progress,
         )
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written to --output (its staging folder was removed)", file=sys.stderr)
+        return exit_codes.INTERRUPTED
     except VerificationError as e:
         _report(e, args.debug)
-        return EXIT_VERIFY_FAILED
+        return exit_codes.SOME_FAILED
+    except (NonFiniteTensorError, DamagedCheckpointError) as e:
+        _report(e, args.debug)
+        return exit_codes.BAD_DATA
     except (
         CheckpointKeyError,
         CheckpointFormatError,
@@ -78,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     ) as e:
         _report(e, args.debug)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+        return exit_codes.USAGE
+    return exit_codes.OK
 
 
 def _report(error: BaseException, debug: bool) -> None:

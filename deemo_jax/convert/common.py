@@ -12,6 +12,52 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# ------------------------------------------------------------------------------------ mismatch report
+ShapeMismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (key, expected/target shape, actual/stored shape)
+
+
+def mismatch_report(
+    missing: Sequence[str] = (),
+    unexpected: Sequence[str] = (),
+    shape_mismatches: Sequence[ShapeMismatch] = (),
+    *,
+    missing_label: str = "missing keys",
+    unexpected_label: str = "unexpected keys",
+    expected_label: str = "expected",
+    actual_label: str = "got",
+    limit: int = 12,
+) -> str:
+    """The one "missing / unexpected / shape mismatch" message of every strict comparison of two key sets.
+
+    Used by the torch-key check of the converters (:class:`CheckpointKeyError`), by the loading of converted
+    directories and by the training checkpoints; the labels name the two sides in the caller's terms. Returns
+    "" when there is nothing to report; lists are previewed (``limit`` entries) with their full count.
+    """
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} {missing_label}: {_preview(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} {unexpected_label}: {_preview(unexpected, limit)}")
+    if shape_mismatches:
+        items = [f"{k}: {expected_label} {tuple(e)}, {actual_label} {tuple(a)}" for k, e, a in shape_mismatches]
+        noun = "shape mismatch" if len(items) == 1 else "shape mismatches"
+        parts.append(f"{len(items)} {noun}: {_preview(items, limit)}")
+    return "; ".join(parts)
+
+
+def compare_shapes(
+    available: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]]
+) -> tuple[list[str], list[str], list[ShapeMismatch]]:
+    """(missing, unexpected, shape mismatches) of ``available`` against ``expected`` (key -> shape), sorted."""
+    missing = sorted(k for k in expected if k not in available)
+    unexpected = sorted(k for k in available if k not in expected)
+    mismatched = [
+        (k, tuple(expected[k]), tuple(available[k]))
+        for k in sorted(expected)
+        if k in available and tuple(available[k]) != tuple(expected[k])
+    ]
+    return missing, unexpected, mismatched
+
 
 @dataclass
 class CheckpointKeyError(ValueError):
@@ -19,24 +65,17 @@ class CheckpointKeyError(ValueError):
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    shape_mismatches: list[ShapeMismatch] = field(default_factory=list)
     context: str = ""
+    hint: str = ""  # how to fix it, appended to the message (the CLI sets one)
 
     def __str__(self) -> str:
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing keys: {_preview(self.missing)}")
+        report = mismatch_report(self.missing, self.unexpected, self.shape_mismatches)
         if self.unexpected:
-            parts.append(
-                f"{len(self.unexpected)} unexpected keys: {_preview(self.unexpected)} "
-                "(pass --allow-unexpected if they are known to be irrelevant)"
-            )
-        for key, expected, actual in self.shape_mismatches[:10]:
-            parts.append(f"shape mismatch for {key}: expected {expected}, got {actual}")
-        if len(self.shape_mismatches) > 10:
-            parts.append(f"... and {len(self.shape_mismatches) - 10} more shape mismatches")
+            report += " (pass --allow-unexpected if they are known to be irrelevant)"
         prefix = f"{self.context}: " if self.context else ""
-        return prefix + "; ".join(parts)
+        suffix = f"; {self.hint}" if self.hint else ""
+        return prefix + report + suffix
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.shape_mismatches)
@@ -54,6 +93,7 @@ def check_keys(
     *,
     allow_unexpected: bool = False,
     context: str = "",
+    hint: str = "",
 ) -> None:
     """Compare checkpoint keys/shapes with what a mapping needs.
 
@@ -62,21 +102,16 @@ def check_keys(
       expected: key -> shape the mapping will read.
       ignorable: regular expressions (full match) for keys that may be present and are skipped on purpose.
       allow_unexpected: downgrade unknown extra keys from an error to "skipped".
+      context, hint: what was compared, and how to fix a mismatch (both part of the message).
     Raises:
       CheckpointKeyError listing every problem.
     """
     patterns = [re.compile(p) for p in ignorable]
-    error = CheckpointKeyError(context=context)
-    error.missing = sorted(k for k in expected if k not in available)
-    if not allow_unexpected:
-        error.unexpected = sorted(
-            k for k in available if k not in expected and not any(p.fullmatch(k) for p in patterns)
-        )
-    error.shape_mismatches = [
-        (k, tuple(expected[k]), tuple(available[k]))
-        for k in sorted(expected)
-        if k in available and tuple(available[k]) != tuple(expected[k])
-    ]
+    missing, unexpected, mismatched = compare_shapes(available, expected)
+    if allow_unexpected:
+        unexpected = []
+    unexpected = [k for k in unexpected if not any(p.fullmatch(k) for p in patterns)]
+    error = CheckpointKeyError(missing, unexpected, mismatched, context=context, hint=hint)
     if error:
         raise error
 
@@ -99,7 +134,7 @@ class TensorRule:
     ``target`` is the path in the module's pure dict (``None``: read and validated only, nothing stored);
     ``shape`` the torch shape the checkpoint must have; ``transform`` maps the numpy value to the NNX layout
     (and may raise ``ValueError`` to reject a value). A table ``{torch key: TensorRule}`` lets a streaming
-    converter handle tensors one at a time with :func:`convert_tensor`.
+    converter handle tensors one at a time (``converted.write_params``).
     """
 
     target: tuple[str | int, ...] | None
@@ -107,37 +142,8 @@ class TensorRule:
     transform: Callable[[np.ndarray], np.ndarray] = np.asarray
 
 
-def convert_tensor(rule: TensorRule, value: np.ndarray, dtype=None) -> np.ndarray:
-    """Apply one rule (shape already checked) and cast to the storage ``dtype`` when given."""
-    out = np.asarray(rule.transform(np.asarray(value)))
-    return out if dtype is None else out.astype(dtype)
-
-
 def set_path(tree: dict, path: Sequence[str | int], value) -> None:
     """``tree[p0][p1]...[pn] = value``, creating the intermediate dicts."""
     for part in path[:-1]:
         tree = tree.setdefault(part, {})
     tree[path[-1]] = value
-
-
-def params_from_table(
-    state_dict: Mapping[str, np.ndarray],
-    table: Mapping[str, TensorRule],
-    ignorable: Iterable[str] = (),
-    *,
-    in_scope: Callable[[str], bool] = lambda key: True,
-    dtype=None,
-    context: str = "",
-) -> dict:
-    """Check the keys of ``state_dict`` that are ``in_scope`` against ``table``, then build the pure dict.
-
-    Keys outside the scope belong to other components of a combined checkpoint and are not looked at.
-    """
-    available = {k: tuple(np.shape(v)) for k, v in state_dict.items() if in_scope(k)}
-    check_keys(available, {k: r.shape for k, r in table.items()}, ignorable, context=context)
-    out: dict = {}
-    for key, rule in table.items():
-        value = convert_tensor(rule, state_dict[key], dtype)
-        if rule.target is not None:
-            set_path(out, rule.target, value)
-    return out

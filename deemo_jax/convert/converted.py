@@ -35,10 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from flax import nnx
+from tqdm import tqdm
 
-from deemo_jax.convert.common import TensorRule, linear_kernel, set_path
+from deemo_jax.convert.common import TensorRule, compare_shapes, linear_kernel, mismatch_report, set_path
 from deemo_jax.convert.kinds import Plan, config_to_dict, structural_config
 from deemo_jax.convert.readers import TensorReader
+from deemo_jax.files import write_atomic
 
 FORMAT = "deemo-jax-converted"
 FORMAT_VERSION = 1
@@ -53,11 +55,35 @@ class ConvertedCheckpointError(ValueError):
     """A converted directory that is incomplete, or does not fit the model it is restored into."""
 
 
+class NonFiniteTensorError(ValueError):
+    """A source tensor holds NaN or Inf values (a damaged download); ``--allow-nonfinite`` converts anyway."""
+
+
+NONFINITE_CHUNK = 2**22  # elements checked at a time: bounds the temporary boolean array to 4 MiB
+
+
+def nonfinite_counts(value: np.ndarray) -> tuple[int, int]:
+    """(NaN count, Inf count) of a floating-point array, in chunks; (0, 0) for integer arrays."""
+    if not _is_float(value.dtype):
+        return 0, 0
+    flat = value.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.size, NONFINITE_CHUNK):
+        chunk = flat[start : start + NONFINITE_CHUNK]
+        if np.isfinite(chunk).all():
+            continue
+        nan += int(np.count_nonzero(np.isnan(chunk)))
+        inf += int(np.count_nonzero(np.isinf(chunk)))
+    return nan, inf
+
+
 # ---------------------------------------------------------------------------------------------- writing
 @dataclass
 class WriteStats:
     converted: dict[str, str] = field(default_factory=dict)  # torch key -> "component/path/in/tree"
     checked: list[str] = field(default_factory=list)  # read and validated, nothing stored (buffers)
+    # torch key -> {"target", "nan", "inf", "values"} of tensors with NaN/Inf (kept with --allow-nonfinite)
+    nonfinite: dict[str, dict] = field(default_factory=dict)
     bytes_read: int = 0
     bytes_written: int = 0
     num_parameters: int = 0
@@ -80,15 +106,16 @@ def write_params(
     *,
     progress: bool | None = None,
     group_bytes: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> WriteStats:
     """Stream every tensor of ``plan.table`` from ``reader`` into an Orbax checkpoint at ``params_dir``.
 
     Floating-point tensors are cast to ``dtype``. ``progress=None`` shows a bar for inputs over 64 MiB;
     ``group_bytes`` (default ``GROUP_BYTES``) is the size of each partial save.
     Arrays are stored without compression (zstd costs ~2.5x the write time for ~20% less disk on weights).
+    Every tensor is checked for NaN/Inf as it streams past: the first one that has any raises
+    :class:`NonFiniteTensorError` naming it, unless ``allow_nonfinite`` (then they are listed in ``stats``).
     """
-    from tqdm import tqdm
-
     keys = reader.reading_order(list(plan.table))
     total = sum(reader.infos[k].nbytes for k in keys)
     show = total >= PROGRESS_MIN_BYTES if progress is None else progress
@@ -99,7 +126,7 @@ def write_params(
     with ctx, tqdm(total=total, unit="B", unit_scale=True, desc="converting", disable=not show, mininterval=1.0) as bar:
         try:
             group_bytes = GROUP_BYTES if group_bytes is None else group_bytes
-            _write_groups(reader, plan, keys, params_dir, dtype, group_bytes, stats, bar, start)
+            _write_groups(reader, plan, keys, params_dir, dtype, group_bytes, stats, bar, start, allow_nonfinite)
         finally:
             reader.release()
     stats.seconds = time.perf_counter() - start
@@ -121,7 +148,21 @@ def _transform(rule: TensorRule, value: np.ndarray) -> np.ndarray:
     return np.asarray(rule.transform(value))
 
 
-def _write_groups(reader, plan, keys, params_dir, dtype, group_bytes, stats, bar, start) -> None:
+def _check_finite(key: str, rule: TensorRule, value: np.ndarray, reader: TensorReader, stats: WriteStats,
+                  allow: bool) -> None:
+    nan, inf = nonfinite_counts(value)
+    if not (nan or inf):
+        return
+    target = key if rule.target is None else ".".join(str(p) for p in rule.target)
+    stats.nonfinite[key] = {"target": target, "nan": nan, "inf": inf, "values": int(value.size)}
+    if not allow:
+        raise NonFiniteTensorError(
+            f"{target}: {nan} NaN, {inf} Inf of {value.size} values in {key} of {reader.infos[key].file}; "
+            "the checkpoint is damaged: re-download it, or pass --allow-nonfinite"
+        )
+
+
+def _write_groups(reader, plan, keys, params_dir, dtype, group_bytes, stats, bar, start, allow_nonfinite) -> None:
     group: dict = {}
     group_size = 0
     pending = None
@@ -129,6 +170,7 @@ def _write_groups(reader, plan, keys, params_dir, dtype, group_bytes, stats, bar
         for count, key in enumerate(keys, 1):
             rule = plan.table[key]
             value = reader.read(key)
+            _check_finite(key, rule, value, reader, stats, allow_nonfinite)
             out = _transform(rule, value)
             stats.bytes_read += value.nbytes
             del value
@@ -170,10 +212,8 @@ def _flush(params_dir: Path, group: dict, pending: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- manifest
 def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temporary file + rename)."""
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False, default=_json_default) + "\n")
-    tmp.replace(directory / MANIFEST)
+    """Write ``manifest.json`` atomically (temporary file + fsync + rename)."""
+    write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -184,30 +224,54 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+REQUIRED_MANIFEST_FIELDS = {"format": str, "format_version": int, "kind": str, "components": dict}
+RECONVERT = "re-run scripts/convert_checkpoint.py to convert the source again"
+
+
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a converted directory; raises ConvertedCheckpointError if it is missing or foreign."""
+    """The manifest of a converted directory: the one reader of ``manifest.json``.
+
+    Raises ``ConvertedCheckpointError`` with a one-line message (what is wrong, which file, what to do) when the
+    directory or its manifest is missing, unreadable, not JSON, not a deemo-jax manifest, too new, or lacks
+    ``params/``.
+    """
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.is_dir():
-        raise ConvertedCheckpointError(f"{directory} is not a directory (expected a converted checkpoint)")
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        raise ConvertedCheckpointError(
+            f"{directory} {what}: expected a converted checkpoint directory; check the path or {RECONVERT}"
+        )
     if not path.exists():
         raise ConvertedCheckpointError(
             f"{directory} has no {MANIFEST}: not a converted checkpoint, or a conversion that did not finish; "
-            "re-run scripts/convert_checkpoint.py"
+            + RECONVERT
         )
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertedCheckpointError(f"{path} is not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise ConvertedCheckpointError(f"{path} is not a {FORMAT} manifest (format={manifest.get('format')!r})")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise ConvertedCheckpointError(f"{path} is corrupt, not valid JSON ({detail}); {RECONVERT}") from None
+    except OSError as e:
+        raise ConvertedCheckpointError(
+            f"cannot read {path} ({e.strerror or type(e).__name__}); fix its permissions or {RECONVERT}"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ConvertedCheckpointError(
+            f"{path} is not a {FORMAT} manifest (format={found!r}); point at a directory written by "
+            f"scripts/convert_checkpoint.py or {RECONVERT}"
+        )
+    wrong = [k for k, t in REQUIRED_MANIFEST_FIELDS.items() if not isinstance(manifest.get(k), t)]
+    if wrong:
+        raise ConvertedCheckpointError(f"{path} is corrupt: {wrong} missing or of the wrong type; {RECONVERT}")
+    if manifest["format_version"] > FORMAT_VERSION:
         raise ConvertedCheckpointError(
             f"{path} has format_version {manifest['format_version']}, newer than this deemo-jax reads "
             f"({FORMAT_VERSION}); upgrade deemo-jax"
         )
     if not (directory / manifest.get("params", PARAMS_DIR)).is_dir():
-        raise ConvertedCheckpointError(f"{directory} has a manifest but no {PARAMS_DIR}/ directory")
+        raise ConvertedCheckpointError(f"{directory} has a manifest but no {PARAMS_DIR}/ directory; {RECONVERT}")
     return manifest
 
 
@@ -250,25 +314,24 @@ def load_params(directory: str | Path, abstract: Mapping, *, partial: bool = Fal
     directory = Path(directory)
     manifest = read_manifest(directory)
     stored = stored_tree(directory)
-    wanted = {path_str(k): v for k, v in _flatten(abstract).items()}
-    missing = sorted(k for k in wanted if k not in stored)
-    roots = {str(name) + "/" for name in abstract}
-    in_scope = [k for k in stored if k.startswith(tuple(roots))]  # other components are not being restored
-    unexpected = [] if partial else sorted(k for k in in_scope if k not in wanted)
-    mismatched = [
-        f"{k}: stored {stored[k][0]}, target {tuple(v.shape)}"
-        for k, v in sorted(wanted.items())
-        if k in stored and stored[k][0] != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} target parameters not in the checkpoint: {missing[:8]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} stored parameters the target lacks: {unexpected[:8]}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {mismatched[:8]}")
-        raise ConvertedCheckpointError(f"{directory} ({manifest['kind']}) does not fit the target: " + "; ".join(parts))
+    wanted = {path_str(k): tuple(v.shape) for k, v in _flatten(abstract).items()}
+    roots = tuple(str(name) + "/" for name in abstract)
+    in_scope = {k: v[0] for k, v in stored.items() if k.startswith(roots)}  # other components are not restored
+    missing, unexpected, mismatched = compare_shapes(in_scope, wanted)
+    if partial:
+        unexpected = []
+    report = mismatch_report(
+        missing,
+        unexpected,
+        mismatched,
+        missing_label="target parameters not in the checkpoint",
+        unexpected_label="stored parameters the target lacks",
+        expected_label="target",
+        actual_label="stored",
+        limit=8,
+    )
+    if report:
+        raise ConvertedCheckpointError(f"{directory} ({manifest['kind']}) does not fit the target: {report}")
     abstract = jax.tree.map(_abstract_leaf, abstract)
     ctx = ocp.Context()
     ctx.pytree.loading.partial_load = True  # strictness is checked above, per requested component

@@ -18,12 +18,10 @@ A file may hold one branch or both; :func:`branches_in` tells which.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
-from deemo_jax.convert.common import TensorRule, linear_kernel, params_from_table
+from deemo_jax.convert.common import TensorRule, linear_kernel
 from deemo_jax.convert.qformer import qformer_ignorable_keys, qformer_key_table
 from deemo_jax.models.qformer import QFormerConfig
 
@@ -102,30 +100,3 @@ def deemo_ignorable_keys(branches: Iterable[Branch] = (VIDEO, AUDIO)) -> list[st
     for b in branches:
         patterns += qformer_ignorable_keys(b.qformer_prefix)
     return patterns
-
-
-def deemo_trainable_params_from_torch(
-    state_dict: Mapping[str, np.ndarray],
-    *,
-    video_qformer: QFormerConfig | None,
-    audio_qformer: QFormerConfig | None,
-    llm_hidden_size: int,
-    max_frame_positions: int = 32,
-    max_audio_clips: int = 8,
-) -> dict:
-    """Pure dict ``{attribute: params}`` for the branches whose config is given (None: branch not read).
-
-    Every key of the state dict must be a key of a requested branch or a known buffer; raises
-    ``CheckpointKeyError`` listing missing, unexpected and mis-shaped keys. Arrays keep their dtype.
-    """
-    table: dict[str, TensorRule] = {}
-    branches = []
-    if video_qformer is not None:
-        branches.append(VIDEO)
-        table.update(branch_key_table(VIDEO, video_qformer, max_frame_positions, llm_hidden_size))
-    if audio_qformer is not None:
-        branches.append(AUDIO)
-        table.update(branch_key_table(AUDIO, audio_qformer, max_audio_clips, llm_hidden_size))
-    return params_from_table(
-        state_dict, table, deemo_ignorable_keys(branches), context="Video-LLaMA fine-tuned checkpoint"
-    )

@@ -1,17 +1,15 @@
 """``eva_vit_g.pth`` (LAVIS EVA-CLIP ViT-g, raw state dict, no prefix) -> :class:`~deemo_jax.models.eva_vit.EvaViT`.
 
 Blocks beyond ``config.depth`` (``blocks.39.*`` of the 40-block checkpoint) are ignorable on purpose: BLIP-2 uses
-the second-to-last layer's features (reference_spec §2.1, §2.4).
+the second-to-last layer's features (reference_spec §2.1, §2.4). So are EVA-CLIP's final ``norm.*`` and ``head.*``
+(1408 -> 1024), which the released file still holds and LAVIS ignores (``strict=False``; ``fc_norm`` likewise).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
-import numpy as np
-
-from deemo_jax.convert.common import TensorRule, conv_kernel, linear_kernel, params_from_table
+from deemo_jax.convert.common import TensorRule, conv_kernel, linear_kernel
 from deemo_jax.models.eva_vit import EvaViTConfig
 
 
@@ -48,25 +46,26 @@ def expected_eva_vit_keys(config: EvaViTConfig, prefix: str = "") -> dict[str, t
     return {k: r.shape for k, r in eva_vit_key_table(config, prefix).items()}
 
 
-def eva_vit_ignorable_keys(config: EvaViTConfig, prefix: str = "") -> list[str]:
-    """Regexes (full match): every tensor of a block whose index is not in ``range(config.depth)``."""
-    used = "|".join(str(i) for i in range(config.depth))
-    return [rf"{re.escape(prefix)}blocks\.(?!(?:{used})\.)\d+\..+"]
+# Keys of the released file that LAVIS's 39-block tower does not have; it loads with strict=False, so they are
+# ignored there. EVA-CLIP's final norm and projection head (1408 -> 1024) are commented out in LAVIS.
+FINAL_LAYERS_REASON = (
+    "EVA-CLIP's final norm / head: not part of LAVIS's tower (commented out there, loaded with strict=False)"
+)
 
 
-def eva_vit_params_from_torch(
-    state_dict: Mapping[str, np.ndarray], config: EvaViTConfig, prefix: str = ""
-) -> dict:
-    """Pure dict for ``nnx.replace_by_pure_dict(nnx.state(EvaViT(config)), ...)``.
+def eva_vit_ignorable_keys(config: EvaViTConfig, prefix: str = "") -> dict[str, str]:
+    """Regexes (full match) of keys skipped on purpose -> why.
 
-    Only keys starting with ``prefix`` are considered (the rest belong to other components). Raises
-    ``CheckpointKeyError`` listing missing, unexpected and mis-shaped keys.
+    Every tensor of a block whose index is not in ``range(config.depth)`` (``blocks.39.*`` of the 40-block
+    ``eva_vit_g.pth``: BLIP-2 uses the second-to-last layer), and EVA-CLIP's ``norm``, ``fc_norm`` and ``head``
+    weights and biases. Anything else that is not in the table is an unexpected key.
     """
-    return params_from_table(
-        state_dict,
-        eva_vit_key_table(config, prefix),
-        eva_vit_ignorable_keys(config, prefix),
-        in_scope=lambda key: key.startswith(prefix),
-        dtype=config.param_dtype,
-        context=f"EVA ViT ({prefix or 'eva_vit_g.pth'})",
-    )
+    p = re.escape(prefix)
+    used = "|".join(str(i) for i in range(config.depth))
+    return {
+        rf"{p}blocks\.(?!(?:{used})\.)\d+\..+": (
+            f"block beyond the first {config.depth}: LAVIS builds {EvaViTConfig.giant().depth} blocks and loads "
+            "with strict=False (BLIP-2 uses the second-to-last layer)"
+        ),
+        rf"{p}(norm|fc_norm|head)\.(weight|bias)": FINAL_LAYERS_REASON,
+    }

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 
 import numpy as np
 
-from deemo_jax.convert.common import TensorRule, conv_kernel, linear_kernel, params_from_table
+from deemo_jax.convert.common import TensorRule, conv_kernel, linear_kernel
 from deemo_jax.models.imagebind_audio import ImageBindAudioConfig
 
 LOG_LOGIT_SCALE_KEY = "modality_postprocessors.audio.1.log_logit_scale"
@@ -70,28 +69,6 @@ def imagebind_audio_key_table(config: ImageBindAudioConfig, prefix: str = "") ->
     return table
 
 
-def expected_imagebind_audio_keys(config: ImageBindAudioConfig, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    return {k: r.shape for k, r in imagebind_audio_key_table(config, prefix).items()}
-
-
 def imagebind_audio_ignorable_keys(prefix: str = "") -> list[str]:
     """Regexes (full match): everything of the vision, text, depth, thermal and IMU modalities."""
     return [rf"{re.escape(prefix)}modality_(preprocessors|trunks|heads|postprocessors)\.(?!audio\.)\w+\..+"]
-
-
-def imagebind_audio_params_from_torch(
-    state_dict: Mapping[str, np.ndarray], config: ImageBindAudioConfig, prefix: str = ""
-) -> dict:
-    """Pure dict for ``nnx.replace_by_pure_dict(nnx.state(ImageBindAudio(config)), ...)``.
-
-    Only keys starting with ``prefix`` are considered. Raises ``CheckpointKeyError`` listing missing, unexpected
-    and mis-shaped keys, and ``ValueError`` when the checkpoint's logit scale differs from the config's.
-    """
-    return params_from_table(
-        state_dict,
-        imagebind_audio_key_table(config, prefix),
-        imagebind_audio_ignorable_keys(prefix),
-        in_scope=lambda key: key.startswith(prefix),
-        dtype=config.param_dtype,
-        context=f"ImageBind audio ({prefix or 'imagebind_huge.pth'})",
-    )

@@ -32,11 +32,15 @@ from deemo_jax.convert.imagebind_audio import (
     imagebind_audio_ignorable_keys,
     imagebind_audio_key_table,
 )
-from deemo_jax.convert.llama import expected_llama_keys, llama_ignorable_patterns, llama_key_to_target
+from deemo_jax.convert.llama import (
+    expected_llama_keys,
+    llama_config_from_hf,
+    llama_ignorable_patterns,
+    llama_key_to_target,
+)
 from deemo_jax.convert.qformer import ln_vision_key_table, qformer_ignorable_keys, qformer_key_table
 from deemo_jax.models.eva_vit import EvaViTConfig
 from deemo_jax.models.imagebind_audio import ImageBindAudioConfig
-from deemo_jax.models.llama import LlamaConfig
 from deemo_jax.models.qformer import QFormerConfig
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -63,7 +67,7 @@ class Component:
 class Plan:
     kind: str
     table: dict[str, TensorRule]
-    ignorable: list[str]
+    ignorable: dict[str, str]  # regex (full match) of keys skipped on purpose -> why (printed, in the manifest)
     components: dict[str, Component]
     notes: list[str] = field(default_factory=list)
     hf_config: dict | None = None  # hf-llama: the config.json as read
@@ -146,6 +150,27 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in shapes if (m := regex.fullmatch(k))})
 
 
+def _count(indices: Sequence[int], key: str, what: str) -> int:
+    """How many numbered blocks/layers there are (max index + 1), after checking they are 0..n-1 without gaps.
+
+    ``key`` is the key pattern with ``{}`` for the index, used to name the first absent one.
+    """
+    if not indices:
+        raise CheckpointKeyError(missing=[key.format(0)], context=f"cannot infer {what}")
+    absent = sorted(set(range(indices[-1] + 1)) - set(indices))
+    if absent:
+        raise CheckpointKeyError(
+            missing=[key.format(i) for i in absent],
+            context=f"{what}: the file numbers them up to {indices[-1]} with gaps",
+            hint="the file is incomplete or was edited: replace it with a fresh download",
+        )
+    return indices[-1] + 1
+
+
+def _reasons(patterns: Sequence[str], reason: str) -> dict[str, str]:
+    return dict.fromkeys(patterns, reason)
+
+
 def _heads(preset_heads: int, preset_width: int, width: int, component: str, overrides: Overrides) -> int:
     """Head counts are not in the shapes: the preset's when the width is the preset's, else an override."""
     given = overrides.get(component, {}).get("num_heads")
@@ -173,9 +198,7 @@ def infer_qformer_config(
     what = f"the {component} config"
     _, num_queries, hidden = _shape(shapes, query_tokens_key, what)
     layer_ids = _indices(shapes, rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.attention\.self\.query\.weight")
-    if not layer_ids:
-        raise CheckpointKeyError(missing=[f"{prefix}encoder.layer.0.attention.self.query.weight"], context=what)
-    num_layers = layer_ids[-1] + 1
+    num_layers = _count(layer_ids, f"{prefix}encoder.layer.{{}}.attention.self.query.weight", f"the {component} layers")
     cross = _indices(shapes, rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.crossattention\.self\.key\.weight")
     if not cross:
         raise CheckpointKeyError(missing=[f"{prefix}encoder.layer.0.crossattention.self.key.weight"], context=what)
@@ -211,16 +234,13 @@ def infer_eva_vit_config(shapes: Shapes, overrides: Overrides) -> EvaViTConfig:
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
         raise ValueError(f"pos_embed has {tokens} tokens, not 1 + a square number of patches")
-    blocks = _indices(shapes, r"blocks\.(\d+)\.attn\.qkv\.weight")
-    if len(blocks) < 2:
-        raise ValueError(
-            f"eva_vit_g.pth should hold depth + 1 blocks (BLIP-2 drops the last); found {len(blocks)}"
-        )
+    blocks = _count(_indices(shapes, r"blocks\.(\d+)\.attn\.qkv\.weight"), "blocks.{}.attn.qkv.weight", "EVA blocks")
     config = EvaViTConfig(
         img_size=grid * patch,
         patch_size=patch,
         width=width,
-        depth=blocks[-1],  # the last block (blocks.39 of the real file) is not used
+        # LAVIS builds 39 blocks: the 40th of eva_vit_g.pth (blocks.39) is skipped, a 39-block file is used whole.
+        depth=min(blocks, preset.depth),
         num_heads=_heads(preset.num_heads, preset.width, width, "visual_encoder", overrides),
         mlp_dim=_shape(shapes, "blocks.0.mlp.fc1.weight", what)[0],
         layer_norm_eps=preset.layer_norm_eps,
@@ -237,7 +257,7 @@ def infer_imagebind_audio_config(shapes: Shapes, overrides: Overrides) -> ImageB
         preset,
         width=width,
         kernel_size=_shape(shapes, f"{pre}rgbt_stem.proj.weight", what)[-1],
-        depth=blocks[-1] + 1 if blocks else 0,
+        depth=_count(blocks, f"{trunk}blocks.{{}}.attn.in_proj_weight", "the ImageBind audio blocks"),
         num_heads=_heads(preset.num_heads, preset.width, width, "audio_encoder", overrides),
         mlp_dim=_shape(shapes, f"{trunk}blocks.0.mlp.fc1.weight", what)[0],
         out_dim=_shape(shapes, "modality_heads.audio.2.weight", what)[0],
@@ -261,7 +281,6 @@ def _plan_eva(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
         _rooted(eva_vit_key_table(config), "visual_encoder"),
         eva_vit_ignorable_keys(config),
         {"visual_encoder": Component("EvaViT", config)},
-        notes=[f"blocks beyond {config.depth - 1} are skipped on purpose (BLIP-2 uses the second-to-last layer)"],
     )
 
 
@@ -282,7 +301,11 @@ def _plan_blip2(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     table = _rooted(qformer_key_table(config, "Qformer.bert.", "query_tokens"), "image_qformer")
     table.update(_rooted(ln_vision_key_table(width), "ln_vision"))
     # A BLIP-2 training checkpoint also holds the text side and the T5 projection: not used with queries only.
-    ignorable = qformer_ignorable_keys("Qformer.bert.") + [r"t5_proj\..+", r"opt_proj\..+", r"llm_proj\..+"]
+    ignorable = _reasons(
+        qformer_ignorable_keys("Qformer.bert."),
+        "BLIP-2 text side (word/position embeddings, text FFN, MLM head): unused with queries only",
+    )
+    ignorable.update(_reasons([r"t5_proj\..+", r"opt_proj\..+", r"llm_proj\..+"], "BLIP-2's projection to its LLM"))
     return Plan(
         "blip2-qformer",
         table,
@@ -300,12 +323,9 @@ def _plan_imagebind(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     return Plan(
         "imagebind-audio",
         _rooted(imagebind_audio_key_table(config), "audio_encoder"),
-        imagebind_audio_ignorable_keys(),
+        _reasons(imagebind_audio_ignorable_keys(), "another ImageBind modality (vision, text, depth, thermal, IMU)"),
         {"audio_encoder": Component("ImageBindAudio", config)},
-        notes=[
-            f"{LOG_LOGIT_SCALE_KEY} is checked against logit_scale={config.logit_scale} and not stored",
-            "the vision, text, depth, thermal and IMU modalities are skipped on purpose",
-        ],
+        notes=[f"{LOG_LOGIT_SCALE_KEY} is checked against logit_scale={config.logit_scale} and not stored"],
     )
 
 
@@ -332,7 +352,7 @@ def read_hf_config(directory: Path) -> dict:
 def _plan_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     _check_overrides_used(overrides, ["llama"], "hf-llama")
     hf_config = read_hf_config(source)
-    config = _apply_overrides(LlamaConfig.from_hf_config(hf_config), "llama", overrides)
+    config = _apply_overrides(llama_config_from_hf(hf_config), "llama", overrides)
     table = {}
     for key in expected_llama_keys(config):
         target = llama_key_to_target(key, config)
@@ -342,7 +362,7 @@ def _plan_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     return Plan(
         "hf-llama",
         table,
-        list(llama_ignorable_patterns()),
+        _reasons(llama_ignorable_patterns(), "RoPE inverse frequencies (a buffer of old HF files; recomputed)"),
         {"llama": Component("Llama", config)},
         notes=notes,
         hf_config=hf_config,
@@ -373,7 +393,10 @@ def _plan_video_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Pla
     missing_branches = [name for name in ("video", "audio") if deemo.BRANCHES[name] not in branches]
     notes = [f"the file holds no {name} branch; only {[b.name for b in branches]} converted" for name in
              missing_branches]
-    return Plan("video-llama", table, deemo.deemo_ignorable_keys(branches), components, notes=notes)
+    ignorable = _reasons(
+        deemo.deemo_ignorable_keys(branches), "a buffer, or a Q-Former text part unused with queries only"
+    )
+    return Plan("video-llama", table, ignorable, components, notes=notes)
 
 
 @dataclass(frozen=True)

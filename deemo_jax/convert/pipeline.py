@@ -14,17 +14,24 @@ import shutil
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
 from deemo_jax.convert import converted
 from deemo_jax.convert.common import check_keys
-from deemo_jax.convert.kinds import KINDS, Kind, Plan, check_kind, parse_overrides
+from deemo_jax.convert.kinds import KINDS, TOKENIZER_FILES, Kind, Plan, check_kind, parse_overrides
 from deemo_jax.convert.readers import CheckpointFormatError, TensorReader, open_checkpoint
+from deemo_jax.convert.verify import verify_conversion
+from deemo_jax.files import ensure_writable_dir
 
 DTYPES = ("float32", "bfloat16")
+UNEXPECTED_ALLOWED = "unexpected (allowed by --allow-unexpected)"
 
 
 class VerificationError(RuntimeError):
@@ -62,8 +69,6 @@ class _Hasher(threading.Thread):
 
 
 def _dtype(name: str) -> Any:
-    import jax.numpy as jnp
-
     if name not in DTYPES:
         raise ValueError(f"--dtype {name!r}: choose one of {DTYPES}")
     return jnp.dtype(name)
@@ -89,14 +94,15 @@ def plan_conversion(
         {k: r.shape for k, r in plan.table.items()},
         plan.ignorable,
         allow_unexpected=allow_unexpected,
-        context=f"{kind.name} ({source.name})",
+        context=f"{kind.name} ({source})",
+        hint=f"check that --input is {kind.input} and --source {kind.name} is right",
     )
-    patterns = [re.compile(p) for p in plan.ignorable]
+    patterns = [(re.compile(p), reason) for p, reason in plan.ignorable.items()]
     skipped = {}
     for key in shapes:
         if key not in plan.table:
-            known = any(p.fullmatch(key) for p in patterns)
-            skipped[key] = "ignorable" if known else "unexpected (allowed by --allow-unexpected)"
+            reason = next((r for p, r in patterns if p.fullmatch(key)), None)
+            skipped[key] = reason or UNEXPECTED_ALLOWED
     for key in reader.non_tensor_keys:
         skipped[key] = "not a tensor"
     return plan, skipped
@@ -113,10 +119,17 @@ def convert_checkpoint(
     verify_layers: int | None = None,
     overwrite: bool = False,
     allow_unexpected: bool = False,
+    allow_nonfinite: bool = False,
     progress: bool | None = None,
     log=print,
 ) -> ConversionResult:
-    """Convert one checkpoint (see ``scripts/convert_checkpoint.py --help``); returns what was written."""
+    """Convert one checkpoint (see ``scripts/convert_checkpoint.py --help``); returns what was written.
+
+    Raises ``converted.NonFiniteTensorError`` for the first tensor holding NaN/Inf (unless ``allow_nonfinite``:
+    then every such tensor is listed in the manifest), ``CheckpointKeyError``, ``CheckpointFormatError``,
+    ``OutputDirError``/``OSError``, ``ValueError`` for bad input and ``VerificationError``; nothing is left under
+    ``output`` (nor its staging directory) when it raises.
+    """
     if source not in KINDS:
         raise ValueError(f"--source {source!r}: choose one of {sorted(KINDS)}")
     kind = KINDS[source]
@@ -127,7 +140,7 @@ def convert_checkpoint(
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory; remove it first")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output.parent, what="the folder of --output")
 
     with open_source(kind, input_path) as reader:
         for note in reader.notes:
@@ -135,16 +148,19 @@ def convert_checkpoint(
         plan, skipped = plan_conversion(kind, reader, input_path, overrides, allow_unexpected)
         for note in plan.notes:
             log(f"note: {note}")
-        unexpected = sorted(k for k, why in skipped.items() if why.startswith("unexpected"))
-        if unexpected:
-            log(f"warning: {len(unexpected)} unexpected keys skipped (--allow-unexpected): {unexpected[:8]}")
+        _log_skipped(skipped, log)
         hasher = _Hasher(reader.files)
         hasher.start()
         staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
         try:
             stats = converted.write_params(
-                reader, plan, staging / converted.PARAMS_DIR, out_dtype, progress=progress
+                reader, plan, staging / converted.PARAMS_DIR, out_dtype, progress=progress,
+                allow_nonfinite=allow_nonfinite,
             )
+            if stats.nonfinite:
+                listed = ", ".join(f"{k} ({v['nan']} NaN, {v['inf']} Inf)" for k, v in stats.nonfinite.items())
+                log(f"warning: {len(stats.nonfinite)} tensors with non-finite values kept (--allow-nonfinite): "
+                    f"{listed}")
             log(
                 f"wrote {len(stats.converted)} tensors, {stats.num_parameters:,} parameters, "
                 f"{stats.bytes_written / 2**20:.1f} MiB ({dtype_name}) in {stats.seconds:.1f} s "
@@ -156,18 +172,22 @@ def convert_checkpoint(
             if hasher.error is not None:
                 raise OSError(f"could not hash the source files: {hasher.error}")
             manifest = _manifest(kind, plan, stats, skipped, hasher.result, dtype_name, reader, tokenizer_files)
+            manifest["nonfinite"] = {"allowed": allow_nonfinite, "tensors": stats.nonfinite}
             converted.write_manifest(staging, manifest)
             verification = None
             if verify:
-                from deemo_jax.convert.verify import verify_conversion
-
                 verification = verify_conversion(kind.name, staging, reader, plan, out_dtype, verify_layers, log)
                 manifest["verification"] = verification
                 converted.write_manifest(staging, manifest)
                 if not verification["passed"]:
+                    because = (
+                        f" (expected: {len(stats.nonfinite)} source tensors hold NaN/Inf, kept by --allow-nonfinite)"
+                        if stats.nonfinite else ""
+                    )
                     raise VerificationError(
                         f"verification failed: max_abs_diff={verification['max_abs_diff']:.3g} > tolerance "
-                        f"{verification['tolerance']:.3g}; nothing was written to {output}"
+                        f"{verification['tolerance']:.3g}{because}; nothing was written to {output}; check the "
+                        "mapping or re-download the source"
                     )
             _install(staging, output)
         except BaseException:
@@ -177,11 +197,21 @@ def convert_checkpoint(
     return ConversionResult(output, manifest, stats, verification)
 
 
+def _log_skipped(skipped: dict[str, str], log) -> None:
+    """One line per reason: how many keys were skipped and which (previewed)."""
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(key)
+    for reason, keys in by_reason.items():
+        keys = sorted(keys)
+        shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+        level = "warning" if reason == UNEXPECTED_ALLOWED else "note"
+        log(f"{level}: skipped {len(keys)} keys [{shown}]: {reason}")
+
+
 def _copy_tokenizer(plan: Plan, staging: Path) -> list[str]:
     if plan.tokenizer_dir is None:
         return []
-    from deemo_jax.convert.kinds import TOKENIZER_FILES
-
     target = staging / converted.TOKENIZER_DIR
     target.mkdir()
     copied = []
@@ -230,13 +260,9 @@ def _manifest(
 
 def _version() -> str:
     """The installed deemo-jax version, or the one in the checkout's pyproject.toml."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("deemo-jax")
     except PackageNotFoundError:
-        import tomllib
-
         pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
         try:
             return tomllib.loads(pyproject.read_text())["project"]["version"]

@@ -18,11 +18,8 @@ attention output block and is required.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
-import numpy as np
-
-from deemo_jax.convert.common import TensorRule, linear_kernel, params_from_table
+from deemo_jax.convert.common import TensorRule, linear_kernel
 from deemo_jax.models.qformer import QFormerConfig
 
 
@@ -86,43 +83,8 @@ def qformer_ignorable_keys(prefix: str = "Qformer.bert.") -> list[str]:
     ]
 
 
-def qformer_params_from_torch(
-    state_dict: Mapping[str, np.ndarray],
-    config: QFormerConfig,
-    prefix: str = "Qformer.bert.",
-    query_tokens_key: str = "query_tokens",
-) -> dict:
-    """Pure dict for ``nnx.replace_by_pure_dict(nnx.state(QFormer(config)), ...)``, query tokens included.
-
-    Raises ``CheckpointKeyError`` listing missing, unexpected (within the module's scope) and mis-shaped keys.
-    """
-    root = _module_root(prefix)
-    return params_from_table(
-        state_dict,
-        qformer_key_table(config, prefix, query_tokens_key),
-        qformer_ignorable_keys(prefix),
-        in_scope=lambda key: key.startswith(root) or key == query_tokens_key,
-        dtype=config.param_dtype,
-        context=f"Q-Former ({prefix or 'no prefix'}, {query_tokens_key})",
-    )
-
-
 def ln_vision_key_table(width: int = 1408, prefix: str = "") -> dict[str, TensorRule]:
     return {
         f"{prefix}ln_vision.weight": TensorRule(("scale",), (width,)),
         f"{prefix}ln_vision.bias": TensorRule(("bias",), (width,)),
     }
-
-
-def ln_vision_params_from_torch(
-    state_dict: Mapping[str, np.ndarray], *, width: int = 1408, prefix: str = "", param_dtype=np.float32
-) -> dict:
-    """BLIP-2 ``ln_vision.weight/bias`` -> pure dict of ``layers.LayerNorm(width, eps=1e-5)``."""
-    scope = f"{prefix}ln_vision."
-    return params_from_table(
-        state_dict,
-        ln_vision_key_table(width, prefix),
-        in_scope=lambda key: key.startswith(scope),
-        dtype=param_dtype,
-        context="ln_vision",
-    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 TORCH_INSTALL_HINT = (
     "reading .pth/.bin checkpoints needs PyTorch: pip install 'deemo-jax[convert]' "
@@ -55,6 +57,10 @@ class CheckpointFormatError(ValueError):
 
 class UnsafeCheckpointError(CheckpointFormatError):
     """A pickle that would build objects other than tensors; refused without running it."""
+
+
+class DamagedCheckpointError(CheckpointFormatError):
+    """A checkpoint file whose content is broken (truncated, corrupt): bad data, not a wrong argument."""
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,9 @@ class TensorReader:
         array = self._get(self._handle, key)
         self._read_through_handle += info.nbytes
         if tuple(array.shape) != info.shape:
-            raise CheckpointFormatError(
-                f"corrupt checkpoint: {info.file.name}: {key} has shape {tuple(array.shape)} but the header says "
-                f"{info.shape}"
+            raise DamagedCheckpointError(
+                f"corrupt checkpoint: {info.file}: {key} has shape {tuple(array.shape)} but the header says "
+                f"{info.shape}; replace it with a fresh download"
             )
         return array
 
@@ -151,8 +157,6 @@ class SafetensorsReader(TensorReader):
                 )
 
     def _open(self, file: Path) -> Any:
-        from safetensors import safe_open
-
         return safe_open(str(file), framework="numpy")
 
     def _get(self, handle: Any, key: str) -> np.ndarray:
@@ -161,19 +165,19 @@ class SafetensorsReader(TensorReader):
 
 def _safetensors_header(file: Path) -> dict:
     """The header, validated by ``safe_open`` (which also checks that the data covers the whole file)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(file), framework="numpy"):
             pass
     except SafetensorError as e:
         detail = str(e)
         if "incomplete metadata" in detail or "not fully covered" in detail:
-            raise CheckpointFormatError(
+            raise DamagedCheckpointError(
                 f"truncated file: {file} ({file.stat().st_size} bytes) is shorter than its safetensors header "
-                "says; re-download or re-copy it"
+                "says; replace it with a fresh download or copy"
             ) from None
-        raise CheckpointFormatError(f"not a safetensors file: {file} ({detail})") from None
+        raise CheckpointFormatError(
+            f"not a safetensors file: {file} ({detail}); check that --input is the checkpoint"
+        ) from None
     with open(file, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         return json.loads(f.read(size))
@@ -182,7 +186,7 @@ def _safetensors_header(file: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ torch
 def _import_torch():
     try:
-        import torch
+        import torch  # here, not at the top: torch is optional (only .pth/.bin need it) and takes seconds to import
     except ImportError:
         raise CheckpointFormatError(TORCH_INSTALL_HINT) from None
     return torch
@@ -212,18 +216,22 @@ def sniff_torch_file(file: Path) -> str:
         head = f.read(4)
     if head == _ZIP_MAGIC:
         if not zipfile.is_zipfile(file):
-            raise CheckpointFormatError(
+            raise DamagedCheckpointError(
                 f"truncated file: {file} ({file.stat().st_size} bytes) is an incomplete zip archive (PyTorch "
-                "checkpoints are zip files whose index is at the end); re-download or re-copy it"
+                "checkpoints are zip files whose index is at the end); replace it with a fresh download or copy"
             )
         with zipfile.ZipFile(file) as z:
             if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist()):
-                raise CheckpointFormatError(f"not a PyTorch checkpoint: {file} is a zip archive without data.pkl")
+                raise CheckpointFormatError(
+                    f"not a PyTorch checkpoint: {file} is a zip archive without data.pkl; check that --input is "
+                    "the checkpoint"
+                )
         return "zip"
     if head[:1] == b"\x80":  # pickle protocol opcode: torch's pre-1.6 format (or a bare pickle)
         return "legacy"
     raise CheckpointFormatError(
-        f"not a PyTorch checkpoint: {file} starts with {head!r}, neither a zip archive nor a pickle"
+        f"not a PyTorch checkpoint: {file} starts with {head!r}, neither a zip archive nor a pickle; check that "
+        "--input is the checkpoint"
     )
 
 
@@ -234,16 +242,25 @@ def _torch_load(file: Path, fmt: str) -> Any:
             return torch.load(file, mmap=True, weights_only=True, map_location="cpu")
         return torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
+        if "truncated" in str(e) or "ran out of input" in str(e).lower():
+            raise DamagedCheckpointError(
+                f"truncated file: {file} ({file.stat().st_size} bytes) ends inside its pickle; replace it with a "
+                "fresh download or copy"
+            ) from None
         lines = [ln.strip() for ln in str(e).splitlines() if "unsupported" in ln.lower() or "not an allowed" in ln]
         detail = lines[0] if lines else str(e).splitlines()[0]
+        # Keep the offending global, drop torch's advice to allowlist it (that would run the pickle).
+        detail = detail.removeprefix("WeightsUnpickler error: ").split(" was not an allowed global")[0]
         raise UnsafeCheckpointError(
             f"refused: {file} contains pickled objects that are not plain tensors ({detail}); it was not "
             "unpickled and nothing in it ran. Re-save only its state dict from a trusted environment "
             "(torch.save(state_dict)) or use a safetensors file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, struct.error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointFormatError(f"corrupt or truncated PyTorch checkpoint: {file} ({first})") from None
+        raise DamagedCheckpointError(
+            f"corrupt or truncated PyTorch checkpoint: {file} ({first}); replace it with a fresh download or copy"
+        ) from None
 
 
 def _is_tensor(value: Any) -> bool:
@@ -373,7 +390,7 @@ def open_checkpoint(
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.exists():
-            raise CheckpointFormatError(f"no such file or directory: {path}")
+            raise CheckpointFormatError(f"no such file or directory: {path}; check --input")
         if path.is_dir():
             fmt, files = weight_files(path)
         else:

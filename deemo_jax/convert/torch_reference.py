@@ -55,6 +55,7 @@ def eva_to_blip2_vision(sd: Mapping[str, np.ndarray], width: int, depth: int) ->
 
 def eva_vit_reference(sd: Mapping[str, np.ndarray], config: EvaViTConfig) -> nn.Module:
     """``Blip2VisionModel`` with the EVA weights; its ``last_hidden_state`` is the token sequence [N, T, W]."""
+    # Imported here: transformers takes seconds to import and the ImageBind reference does not need it.
     from transformers import Blip2VisionConfig, Blip2VisionModel
 
     c = config
@@ -95,6 +96,7 @@ def qformer_reference(
     sd: Mapping[str, np.ndarray], config: QFormerConfig, prefix: str, query_tokens_key: str
 ) -> tuple[nn.Module, torch.Tensor]:
     """(``Blip2QFormerModel``, query tokens [1, Q, H]); call with ``query_embeds=tokens.expand(N, -1, -1)``."""
+    # Imported here: transformers takes seconds to import and the ImageBind reference does not need it.
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
     c = config
@@ -113,6 +115,7 @@ def qformer_reference(
 # ------------------------------------------------------------------------------------------------ LLaMA
 def llama_reference(sd: Mapping[str, np.ndarray], config: LlamaConfig) -> nn.Module:
     """``LlamaForCausalLM`` (eager attention, float32) with the HF weights of ``config.num_hidden_layers``."""
+    # Imported here: transformers takes seconds to import and the ImageBind reference does not need it.
     import transformers
 
     c = config

@@ -28,7 +28,13 @@ from flax import nnx
 
 from deemo_jax.convert import converted, deemo
 from deemo_jax.convert.kinds import Plan
+from deemo_jax.convert.llama import expected_llama_keys
 from deemo_jax.convert.readers import TORCH_INSTALL_HINT, TensorReader
+from deemo_jax.models.eva_vit import EvaViT
+from deemo_jax.models.imagebind_audio import ImageBindAudio
+from deemo_jax.models.layers import LayerNorm
+from deemo_jax.models.llama import Llama
+from deemo_jax.models.qformer import QFormer
 
 VERIFY_FULL_MAX_PARAMS = 300_000_000
 DEFAULT_PARTIAL_LAYERS = 2
@@ -86,8 +92,6 @@ def _np(x: Any) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ kinds
 def _eva(directory, reader, plan, dtype, layers, torch, ref):
-    from deemo_jax.models.eva_vit import EvaViT
-
     config = plan.components["visual_encoder"].config
     depth = _num_layers(layers, config.depth, _param_count(plan, "visual_encoder"))
     cfg = _f32(config, depth=depth)
@@ -103,9 +107,6 @@ def _eva(directory, reader, plan, dtype, layers, torch, ref):
 
 
 def _blip2(directory, reader, plan, dtype, layers, torch, ref):
-    from deemo_jax.models.layers import LayerNorm
-    from deemo_jax.models.qformer import QFormer
-
     cfg = _f32(plan.components["image_qformer"].config)
     ln_cfg = plan.components["ln_vision"].config
     qformer = _restore(directory, lambda: QFormer(cfg, rngs=nnx.Rngs(0)), "image_qformer", cfg, False)
@@ -127,8 +128,6 @@ def _blip2(directory, reader, plan, dtype, layers, torch, ref):
 
 
 def _imagebind(directory, reader, plan, dtype, layers, torch, ref):
-    from deemo_jax.models.imagebind_audio import ImageBindAudio
-
     config = plan.components["audio_encoder"].config
     if layers is not None and layers != config.depth:
         raise ValueError("--verify-layers: the ImageBind audio tower is always verified whole")
@@ -143,9 +142,6 @@ def _imagebind(directory, reader, plan, dtype, layers, torch, ref):
 
 
 def _llama(directory, reader, plan, dtype, layers, torch, ref):
-    from deemo_jax.convert.llama import expected_llama_keys
-    from deemo_jax.models.llama import Llama
-
     config = plan.components["llama"].config
     n = _num_layers(layers, config.num_hidden_layers, _param_count(plan, "llama"))
     cfg = _f32(config, num_hidden_layers=n)
@@ -160,8 +156,6 @@ def _llama(directory, reader, plan, dtype, layers, torch, ref):
 
 
 def _video_llama(directory, reader, plan, dtype, layers, torch, ref):
-    from deemo_jax.models.qformer import QFormer
-
     checks = []
     rng = np.random.default_rng(SEED)
     for branch in deemo.branches_in(plan.table):
@@ -226,7 +220,7 @@ def verify_conversion(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the check for ``kind``; returns the record stored in the manifest (``passed``, ``max_abs_diff``...)."""
-    try:
+    try:  # here, not at the top: torch and transformers are optional (--verify only) and slow to import
         import torch
 
         from deemo_jax.convert import torch_reference as ref

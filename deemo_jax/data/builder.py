@@ -12,9 +12,15 @@ name: a file with the final name is always complete (the rename is the completio
 same manifest and settings skips the finished shards (their failures are carried over from the stats file;
 delete a shard to rebuild it) and rebuilds the rest; an output directory that holds another build is refused.
 
-Only de-identified media is accepted: each video needs the sidecar ``<video>.deid.json`` of
-``scripts/deidentify.py`` with a passed audit (``deemo_jax.deid.load_sidecar``), unless the caller states
-that the data is already de-identified (``already_deidentified=True``, recorded in metadata.json).
+Only de-identified media is accepted, by the one rule of :mod:`deemo_jax.deid.rule`: a video needs the sidecar
+``<video>.deid.json`` of ``scripts/deidentify.py`` that matches its bytes and records a finished
+de-identification with a passed audit (``require_deidentified``). With ``already_deidentified=True`` (recorded in
+metadata.json) a video *without* a sidecar is accepted only if the privacy audit, run here at the strict
+threshold, finds no face (``check_foreign``); a sidecar that records a failure still refuses its video. Each
+video is hashed and audited once per build, however many rows use it.
+
+A video without an audio track gives video-only records (``has_audio: false``, no ``fbank``); the training
+pipeline refuses them only when the run uses the audio modality.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from deemo_jax import media
 from deemo_jax.data import fbank as fb
-from deemo_jax.data import media, schema
+from deemo_jax.data import schema
 from deemo_jax.data.manifest import DEFAULT_LABELS, ManifestRow, RowFailure, parse_manifest, validate_labels
+from deemo_jax.files import ensure_writable_dir, write_atomic, write_json_atomic
 
 SHARD_SUFFIX = ".array_record"
 STATS_SUFFIX = ".stats.json"
@@ -48,7 +56,8 @@ WRITER_OPTIONS = "group_size:1,snappy"
 
 
 class BuildError(RuntimeError):
-    """A problem with the build as a whole (not with one row): bad arguments, foreign output directory."""
+    """A problem with the build as a whole (not with one row): bad arguments, foreign output directory,
+    missing ffmpeg or face detector."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,19 @@ class _ShardPlan:
     rows: tuple[ManifestRow, ...]
 
 
-def _settings(labels: tuple[str, ...], records_per_shard: int, already_deidentified: bool) -> dict[str, Any]:
+def _settings(labels: tuple[str, ...], records_per_shard: int, already_deidentified: bool,
+              audit_threshold: float) -> dict[str, Any]:
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "labels": list(labels),
         "records_per_shard": records_per_shard,
         "already_deidentified": already_deidentified,
+        "deidentification": {
+            "rule": "sidecar matching the video's sha256, de-identification finished, audit passed at a "
+            f"threshold <= {audit_threshold}",
+            "videos_without_sidecar": f"privacy audit run here at threshold {audit_threshold}"
+            if already_deidentified else "refused",
+        },
         "frames": {
             "num_frames": media.NUM_FRAMES,
             "size": media.FRAME_SIZE,
@@ -131,15 +147,7 @@ def _plan(rows: Sequence[ManifestRow], records_per_shard: int) -> list[_ShardPla
     return plans
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_output_dir(out: Path, fingerprint: str, planned: set[str]) -> None:
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"--output {out} exists and is not a directory")
     foreign = []
     for stats_path in sorted(out.glob(f"*{SHARD_SUFFIX}{STATS_SUFFIX}")):
         try:
@@ -152,9 +160,9 @@ def _check_output_dir(out: Path, fingerprint: str, planned: set[str]) -> None:
     foreign += [p.name for p in sorted(out.glob(f"*{SHARD_SUFFIX}")) if p.name not in planned]
     if foreign:
         raise BuildError(
-            f"--output {out} holds shards of a different build {sorted(set(foreign))[:5]} (another manifest, "
-            "or other --labels/--records-per-shard/--already-deidentified); use a new output directory or "
-            "delete the old one"
+            f"output folder {out} already holds shards of a different build {sorted(set(foreign))[:5]} (another "
+            "manifest, or other --labels/--records-per-shard/--already-deidentified); choose a new --output "
+            f"folder, or delete {out} to rebuild there"
         )
 
 
@@ -172,47 +180,48 @@ def _finished_stats(out: Path, plan: _ShardPlan, fingerprint: str) -> dict[str, 
     return stats
 
 
-def _deid_refusal(row: ManifestRow, load_sidecar: Callable[[Path], dict | None]) -> str | None:
-    """Why ``row``'s video may not be used (no sidecar, failed audit, ...), or None when it may."""
+def _message(text: str, row: ManifestRow) -> str:
+    """``text`` naming the video as the manifest does (with its folder: two folders may hold a ``clip.mp4``)."""
+    text = text.replace(str(row.video_path), row.video)
+    base = row.video_path.name
+    if row.video != base and text.startswith(base + ":"):
+        text = row.video + text[len(base):]
+    return " ".join(text.split())
+
+
+def _media_fix(error: Exception) -> str:
+    """How to fix a clip that media could not read, unless its message already says."""
+    if isinstance(error, media.ClipOutOfRangeError | media.TooFewFramesError):
+        return "; fix start/end in the manifest"
+    if "again" in str(error):
+        return ""
+    return "; replace it with a complete, readable video (re-run scripts/deidentify.py on its source)"
+
+
+def _deid_refusal(row: ManifestRow, check: Callable[..., dict], cache: Any) -> str | None:
+    """Why the rule refuses ``row``'s video (missing file, no sidecar, failed audit, ...), or None."""
+    from deemo_jax.deid import NotDeidentifiedError
+
     if not row.video_path.is_file():
-        return f"video file {row.video!r} not found (relative paths are resolved against the manifest folder)"
-    fix = (
-        "run scripts/deidentify.py on it first, or pass --already-deidentified if the data is already "
-        "de-identified"
-    )
+        return (f"{row.video}: video file not found (relative paths are resolved against the manifest's folder); "
+                "fix the path in the manifest")
     try:
-        sidecar = load_sidecar(row.video_path)
-    except Exception as e:  # unreadable or mismatching sidecar: refuses this video only
-        reason = f"{row.video}: de-identification sidecar rejected ({e}); {fix}"
-        return reason.replace(str(row.video_path), row.video)
-    if sidecar is None:
-        return f"{row.video}: no de-identification sidecar ({row.video}.deid.json); {fix}"
-    ok = isinstance(sidecar, dict) and sidecar.get("deidentified") is True
-    audit = sidecar.get("audit") if ok else None
-    if not (isinstance(audit, dict) and audit.get("passed") is True):
-        return (
-            f"{row.video}: its de-identification sidecar does not record a passed audit; re-run "
-            "scripts/deidentify.py on it and check its audit report"
-        )
+        check(row.video_path, name=row.video, cache=cache)
+    except NotDeidentifiedError as e:
+        return _message(str(e), row)
     return None
 
 
 def encode_clip(row: ManifestRow) -> tuple[bytes | None, str | None, list[str]]:
     """Read, featurise and encode one clip: ``(record bytes, None, notes)`` or ``(None, reason, notes)``.
 
+    A video without an audio track gives a video-only record (``has_audio`` false, no ``fbank``).
     Runs in the worker processes; never raises for a bad clip.
     """
     notes: list[str] = []
     try:
-        clip = media.read_clip(row.video_path, row.start, row.end)
-        if clip.audio.size < fb.CLIP_DURATION * fb.SAMPLE_RATE:
-            notes.append(
-                f"line {row.line} ({row.id}): audio is {clip.audio.size / fb.SAMPLE_RATE:.3f} s, "
-                f"zero-padded to {fb.CLIP_DURATION} s"
-            )
-        if not np.any(clip.audio):
-            notes.append(f"line {row.line} ({row.id}): audio is silent")
-        fbank, clip_times = fb.imagebind_audio_features(clip.audio, clip.sample_rate, warn_short=False)
+        info = media.probe(row.video_path)
+        frames, frame_times = media.read_frames(row.video_path, row.start, row.end, info=info)
         record = {
             "schema_version": schema.SCHEMA_VERSION,
             "kind": "mer",
@@ -225,16 +234,29 @@ def encode_clip(row: ManifestRow) -> tuple[bytes | None, str | None, list[str]]:
             "label_index": row.label_index,
             "reasoning": row.reasoning,
             "nfbl": row.nfbl_clip_relative(),
-            "frames": clip.frames,
-            "frame_times": clip.frame_times,
-            "fbank": fbank,
-            "audio_clip_times": clip_times,
+            "frames": frames,
+            "frame_times": frame_times,
         }
+        if info.audio_sample_rate is None:
+            notes.append(f"line {row.line} ({row.id}): {row.video} has no audio track: video-only record")
+            record["has_audio"] = False
+        else:
+            audio = media.read_audio(row.video_path, row.start, row.end, info=info)
+            if audio.size < fb.CLIP_DURATION * fb.SAMPLE_RATE:
+                notes.append(
+                    f"line {row.line} ({row.id}): audio is {audio.size / fb.SAMPLE_RATE:.3f} s, "
+                    f"zero-padded to {fb.CLIP_DURATION} s"
+                )
+            if not np.any(audio):
+                notes.append(f"line {row.line} ({row.id}): audio is silent")
+            record["fbank"], record["audio_clip_times"] = fb.imagebind_audio_features(
+                audio, fb.SAMPLE_RATE, warn_short=False
+            )
         return schema.encode(record), None, notes
     except media.MediaError as e:
-        return None, str(e).replace(str(row.video_path), row.video), notes
+        return None, _message(f"{e}{_media_fix(e)}", row), notes
     except Exception as e:  # one broken clip must not stop the build; the reason names the error
-        return None, f"unexpected {type(e).__name__} while reading {row.video}: {e}", notes
+        return None, _message(f"unexpected {type(e).__name__} while reading {row.video}: {e}", row), notes
 
 
 def _results(tasks: list[ManifestRow], workers: int) -> Iterator[tuple[bytes | None, str | None, list[str]]]:
@@ -276,14 +298,21 @@ def build_shards(
     workers: int = 1,
     already_deidentified: bool = False,
     progress: bool = True,
+    detector: Any = None,
 ) -> BuildReport:
     """Build (or resume) the shards of ``manifest_path`` in ``output_dir``; see the module docstring.
 
     Bad rows never stop the build: each becomes a failure in the report and in ``failures.jsonl``.
-    Raises :class:`BuildError` for bad arguments, a foreign output directory or a missing ffmpeg.
+    ``detector`` (a ``deemo_jax.deid.CenterFace``) runs the audits of ``already_deidentified`` videos without a
+    sidecar (default: one created on first use). Raises :class:`BuildError` for bad arguments, a foreign output
+    directory, a missing ffmpeg or face detector; ``FileNotFoundError`` for a missing manifest;
+    :class:`deemo_jax.files.OutputDirError` for an output folder that cannot be written.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
+
+    from deemo_jax.deid import DetectorUnavailableError
+    from deemo_jax.deid.rule import AUDIT_THRESHOLD, DeidCache, check_foreign, require_deidentified
 
     labels = validate_labels(labels)
     if records_per_shard < 1:
@@ -294,32 +323,35 @@ def build_shards(
         media.require_ffmpeg()
     except media.FFmpegNotFoundError as e:
         raise BuildError(str(e)) from e
-    load_sidecar = None
-    if not already_deidentified:
-        try:
-            from deemo_jax.deid import load_sidecar
-        except ImportError as e:
-            raise BuildError(f"deemo_jax.deid.load_sidecar missing ({e}); cannot check sidecars") from e
 
     manifest = parse_manifest(manifest_path, labels)
     out = Path(output_dir)
-    settings = _settings(labels, records_per_shard, already_deidentified)
+    settings = _settings(labels, records_per_shard, already_deidentified, AUDIT_THRESHOLD)
     fingerprint = _fingerprint(manifest.sha256, settings)
     plans = _plan(manifest.rows, records_per_shard)
+    ensure_writable_dir(out, what="--output folder")
     _check_output_dir(out, fingerprint, {p.name for p in plans})
-    out.mkdir(parents=True, exist_ok=True)
 
     finished = {p.name: s for p in plans if (s := _finished_stats(out, p, fingerprint)) is not None}
     pending = [p for p in plans if p.name not in finished]
     refusals: dict[int, str] = {}
-    if load_sidecar is not None:
-        by_video: dict[Path, str | None] = {}  # the sidecar check hashes the video: once per file
-        for plan in pending:
-            for row in plan.rows:
-                if row.video_path not in by_video:
-                    by_video[row.video_path] = _deid_refusal(row, load_sidecar)
-                if by_video[row.video_path] is not None:
-                    refusals[row.line] = by_video[row.video_path]
+    check = check_foreign if already_deidentified else require_deidentified
+    cache = DeidCache(detector=detector)
+    by_video: dict[Path, str | None] = {}  # the rule hashes (and maybe audits) the video: once per file
+    videos = {row.video_path: row for plan in pending for row in plan.rows}
+    checking = tqdm(total=len(videos), unit="video", desc="de-identification check", disable=not progress)
+    try:
+        for path, row in videos.items():
+            by_video[path] = _deid_refusal(row, check, cache)
+            checking.update(1)
+    except DetectorUnavailableError as e:
+        raise BuildError(f"--already-deidentified needs the face detector to audit videos: {e}") from e
+    finally:
+        checking.close()
+    for plan in pending:
+        for row in plan.rows:
+            if by_video[row.video_path] is not None:
+                refusals[row.line] = _message(by_video[row.video_path], row)
     tasks = [row for plan in pending for row in plan.rows if row.line not in refusals]
 
     failures = list(manifest.failures)
@@ -352,7 +384,7 @@ def build_shards(
                 label_counts[row.label] += 1
             writer.close()
             records = sum(label_counts.values())
-            _write_json_atomic(out / (plan.name + STATS_SUFFIX), {
+            write_json_atomic(out / (plan.name + STATS_SUFFIX), {
                 "fingerprint": fingerprint,
                 "shard": plan.name,
                 "lines": [r.line for r in plan.rows],
@@ -381,11 +413,9 @@ def build_shards(
 def _write_outputs(
     out: Path, report: BuildReport, manifest_sha256: str, settings: dict[str, Any], fingerprint: str
 ) -> None:
-    tmp = out / "failures.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for failure in report.failures:
-            f.write(json.dumps(failure.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, out / "failures.jsonl")
+    write_atomic(out / "failures.jsonl", "".join(
+        json.dumps(failure.to_json(), ensure_ascii=False) + "\n" for failure in report.failures
+    ))
 
     per_split: dict[str, dict[str, Any]] = {}
     per_label: Counter[str] = Counter()
@@ -396,7 +426,7 @@ def _write_outputs(
         entry["per_label"].update(s.label_counts)
         per_label.update(s.label_counts)
     labels = settings["labels"]
-    _write_json_atomic(out / "metadata.json", {
+    write_json_atomic(out / "metadata.json", {
         **settings,
         "kind": "mer",
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

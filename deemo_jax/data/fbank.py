@@ -7,7 +7,8 @@ one strided view and transformed with one ``rfft``. With the defaults it compute
 window_type="hanning", num_mel_bins=128, dither=0.0, frame_length=25, frame_shift=10)`` computes; filters that
 contain no FFT bin give ``log(float32 eps)``, as in torchaudio.
 
-Resampling (only when the input is not 16 kHz) uses libsoxr through ``soxr.resample(..., quality="HQ")``,
+Resampling (only when the input is not 16 kHz) is :func:`deemo_jax.media.resample`, shared with the media
+readers: libsoxr through ``soxr.resample(..., quality="HQ")``,
 librosa's default resampler (linear-phase, band-limited, delay-compensated; far lighter to import than
 ``scipy.signal``, which matters in the builder's spawned workers). ImageBind uses
 ``torchaudio.functional.resample`` (windowed sinc, Hann window); both are band-limited, but they differ
@@ -21,11 +22,11 @@ import math
 from fractions import Fraction
 
 import numpy as np
-import soxr
+
+from deemo_jax.media import SAMPLE_RATE, resample
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
 TARGET_LENGTH = 204
 NUM_CLIPS = 8
@@ -126,22 +127,6 @@ def _log_mel_frames(
     power = spectrum.real**2 + spectrum.imag**2
     mel_energy = power @ banks.T
     return np.log(np.maximum(mel_energy, _EPS)).astype(np.float32)
-
-
-def resample(wave: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling of ``[samples]`` or ``[channels, samples]`` (libsoxr, HQ); the output has
-    ``round(samples * target_sr / sr)`` samples."""
-    if sr <= 0 or target_sr <= 0:
-        raise ValueError(f"resample: sample rates must be positive, got {sr} -> {target_sr}")
-    wave = np.asarray(wave, dtype=np.float32)
-    if sr == target_sr:
-        return wave
-    if wave.ndim not in (1, 2):
-        raise ValueError(f"resample: wave must be [samples] or [channels, samples], got {wave.shape}")
-    if wave.shape[-1] == 0:
-        return np.zeros((*wave.shape[:-1], 0), np.float32)
-    out = soxr.resample(wave.T, sr, target_sr, quality="HQ")  # soxr wants [samples, channels]
-    return np.ascontiguousarray(out.T, dtype=np.float32)
 
 
 def clip_timepoints(

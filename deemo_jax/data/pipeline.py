@@ -62,12 +62,11 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 from transformers import PreTrainedTokenizerBase
 
 from deemo_jax.data import schema
 from deemo_jax.data.prompts import (
-    DEFAULT_CAPTION_INSTRUCTION,
-    TASKS,
     PromptConfig,
     build_prompt,
     transcription_span,
@@ -82,7 +81,7 @@ MODES = ("train", "eval")
 IMAGE_SIZE = 224
 FBANK_SHAPE = (128, 204)
 IGNORE_INDEX = -100
-STATUS_OK, STATUS_DROPPED, STATUS_PADDING = 0, 1, 2
+STATUS_OK, STATUS_DROPPED, STATUS_PADDING, STATUS_CORRUPT = 0, 1, 2, 3
 _HOST_KEYS = ("_id", "_status")
 
 
@@ -90,13 +89,65 @@ class OverlongError(ValueError):
     """An example longer than ``max_length`` under ``overlong_policy="error"``."""
 
 
-@dataclasses.dataclass
-class DataConfig:
-    """Input pipeline settings (plain fields, so an ``ml_collections.ConfigDict`` maps onto it).
+class CorruptRecordError(ValueError):
+    """A shard record (or a whole shard file) cannot be read or decoded; the message names the file and the
+    record index, and how to go on (rebuild the shard, or ``data.skip_corrupt_records=True``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocatedRecord:
+    """What the shard source yields: the serialized record and where it came from, or why it is unreadable."""
+
+    where: str  # "train-00000-of-00002.array_record record 3" (file name and index inside the file)
+    data: bytes | None
+    error: str | None = None
+
+
+class ShardSource:
+    """The records of a split's shard files, each tagged with its file and index (a Grain data source).
+
+    A record the reader cannot read comes back as a :class:`LocatedRecord` with ``error`` set instead of
+    raising deep inside Grain, so the pipeline can name it (or skip and count it). A file that cannot even be
+    opened is an error at once: how many records it held is unknown, so skipping it would lose data silently.
+    """
+
+    def __init__(self, files: Sequence[Path]):
+        self._files = [str(f) for f in files]
+        lengths = []
+        for f in self._files:
+            try:
+                lengths.append(len(grain.sources.ArrayRecordDataSource([f])))
+            except Exception as e:  # the reader raises RuntimeError/ValueError with a Riegeli message
+                raise CorruptRecordError(
+                    f"shard file {f} cannot be opened ({' '.join(str(e).split())[:200]}); the file is damaged or "
+                    "truncated: rebuild it with scripts/build_shards.py (or move it out of the shard folder)"
+                ) from None
+        self._starts = np.cumsum([0, *lengths])
+        self._source = grain.sources.ArrayRecordDataSource(self._files)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def where(self, index: int) -> str:
+        file = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return f"{self._files[file]} record {index - int(self._starts[file])}"
+
+    def __getitem__(self, index: int) -> LocatedRecord:
+        try:
+            return LocatedRecord(self.where(index), self._source[index])
+        except Exception as e:  # checksum/decompression errors of a damaged record
+            return LocatedRecord(self.where(index), None, " ".join(str(e).split())[:200])
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(PromptConfig):
+    """Input pipeline settings: the prompt settings it inherits from :class:`PromptConfig` (stated once, there)
+    plus where the data is and how it is read (plain fields, so an ``ml_collections.ConfigDict`` maps onto it).
 
     ``instructions`` empty means the task's default instruction; ``labels`` empty means the label set of
     ``{shard_dir}/metadata.json``. ``num_frames``/``num_audio_clips`` are the per-record T/S every record
-    of the split must have (batches are stacked). ``read_threads``/``read_buffer_size`` bound the threads
+    of the split must have (batches are stacked); 0 (the default) reads them from the shards' metadata.json
+    (:func:`with_shard_facts`). ``read_threads``/``read_buffer_size`` bound the threads
     and the elements decoded ahead in each process (Grain's defaults, 16 and 500, would hold ~1 GB of frames).
     """
 
@@ -106,23 +157,18 @@ class DataConfig:
     batch_size: int = 2
     max_length: int = 512
     seed: int = 0
-    use_audio: bool = True
-    use_video: bool = True
-    use_transcription: bool = True
-    nfbl_as_text: bool = False
-    task: str = "reasoning"
-    instructions: tuple[str, ...] = ()
-    caption_instruction: str = DEFAULT_CAPTION_INSTRUCTION
-    labels: tuple[str, ...] = ()
-    num_video_query_tokens: int = 32
-    num_audio_query_tokens: int = 8
-    num_frames: int = 8
-    num_audio_clips: int = 8
+    num_frames: int = 0
+    num_audio_clips: int = 0
     overlong_policy: str = "truncate_transcription"
     worker_count: int = 0
     worker_buffer_size: int = 2
     read_threads: int = 4
     read_buffer_size: int = 32
+    skip_corrupt_records: bool = False
+
+    def __post_init__(self) -> None:
+        """No prompt checks here: the label set may still come from the shards. :meth:`prompt_config` builds
+        the checked :class:`PromptConfig` once the labels are known."""
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> DataConfig:
@@ -139,9 +185,13 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        for name in ("batch_size", "max_length", "num_frames", "num_audio_clips"):
+        for name in ("batch_size", "max_length"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"DataConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("num_frames", "num_audio_clips"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"DataConfig.{name} must be an int >= 0 (0 = from the shards), got "
+                                 f"{getattr(self, name)!r}")
         if not isinstance(self.worker_count, int) or self.worker_count < 0:
             raise ValueError(
                 f"DataConfig.worker_count must be an int >= 0 (0 = in-process), got {self.worker_count!r}"
@@ -153,8 +203,6 @@ class DataConfig:
             raise ValueError(
                 f"DataConfig.overlong_policy must be one of {OVERLONG_POLICIES}, got {self.overlong_policy!r}"
             )
-        if self.task not in TASKS:
-            raise ValueError(f"DataConfig.task must be one of {TASKS}, got {self.task!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"DataConfig.seed must be an int in [0, 2**32), got {self.seed!r}")
         for name in ("shard_dir", "split", "tokenizer_path"):
@@ -163,18 +211,8 @@ class DataConfig:
 
     def prompt_config(self, labels: Sequence[str] = ()) -> PromptConfig:
         """The prompt settings; ``labels`` is used when ``self.labels`` is empty."""
-        return PromptConfig(
-            use_audio=self.use_audio,
-            use_video=self.use_video,
-            use_transcription=self.use_transcription,
-            nfbl_as_text=self.nfbl_as_text,
-            task=self.task,
-            instructions=tuple(self.instructions),
-            caption_instruction=self.caption_instruction,
-            labels=tuple(self.labels or labels),
-            num_video_query_tokens=self.num_video_query_tokens,
-            num_audio_query_tokens=self.num_audio_query_tokens,
-        )
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PromptConfig)}
+        return PromptConfig(**{**fields, "labels": tuple(self.labels or labels)})
 
 
 def find_shards(shard_dir: str | Path, split: str) -> list[Path]:
@@ -197,18 +235,64 @@ def find_shards(shard_dir: str | Path, split: str) -> list[Path]:
     return files
 
 
-def read_label_set(shard_dir: str | Path) -> tuple[str, ...]:
-    """The ``labels`` list of ``{shard_dir}/metadata.json``; empty when the file or the field is absent."""
+@dataclasses.dataclass(frozen=True)
+class ShardFacts:
+    """What ``{shard_dir}/metadata.json`` (written by the shard builder) says about every record.
+
+    A field is None when the file (or the field) is absent, e.g. for shards written by hand in tests.
+    """
+
+    labels: tuple[str, ...] = ()
+    num_frames: int | None = None
+    num_audio_clips: int | None = None
+    schema_version: int | None = None
+
+
+def read_shard_facts(shard_dir: str | Path) -> ShardFacts:
+    """The one reader of a shard directory's ``metadata.json``."""
     path = Path(shard_dir) / "metadata.json"
     if not path.is_file():
-        return ()
+        return ShardFacts()
     try:
-        labels = json.loads(path.read_text()).get("labels", [])
+        meta = json.loads(path.read_text())
+        labels = meta.get("labels", [])
+        frames, audio = meta.get("frames") or {}, meta.get("audio") or {}
     except (json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{str(path)!r} is not a JSON object: {e}") from e
+        raise ValueError(
+            f"{str(path)!r} is not a JSON object ({e}); rebuild the shards with scripts/build_shards.py"
+        ) from e
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"{str(path)!r}: 'labels' must be a list of strings, got {labels!r}")
-    return tuple(labels)
+    return ShardFacts(tuple(labels), frames.get("num_frames"), audio.get("num_clips"), meta.get("schema_version"))
+
+
+def read_label_set(shard_dir: str | Path) -> tuple[str, ...]:
+    """The ``labels`` list of ``{shard_dir}/metadata.json``; empty when the file or the field is absent."""
+    return read_shard_facts(shard_dir).labels
+
+
+def with_shard_facts(config: DataConfig) -> DataConfig:
+    """``config`` with ``num_frames``/``num_audio_clips`` taken from the shards' metadata when 0 (the default).
+
+    They are facts of the shards: a config may state them only to assert that they match.
+    """
+    facts = read_shard_facts(config.shard_dir)
+    values = {}
+    for name, fact in (("num_frames", facts.num_frames), ("num_audio_clips", facts.num_audio_clips)):
+        stated = getattr(config, name)
+        if stated and fact is not None and stated != fact:
+            raise ValueError(
+                f"data.{name} = {stated} but the shards in {config.shard_dir!r} hold {fact} per record "
+                f"(metadata.json); remove data.{name} from the config (it is read from the shards) or rebuild them"
+            )
+        if not stated:
+            if fact is None:
+                raise ValueError(
+                    f"{config.shard_dir!r} has no metadata.json stating {name}; set data.{name} to the records' "
+                    "count or rebuild the shards with scripts/build_shards.py"
+                )
+            values[name] = fact
+    return dataclasses.replace(config, **values) if values else config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +398,9 @@ class ExampleProcessor:
         overlong_policy: str,
         num_frames: int,
         num_audio_clips: int,
+        skip_corrupt_records: bool = False,
     ):
+        self.skip_corrupt_records = skip_corrupt_records
         self.tokenizer = tokenizer
         self.prompt_config = prompt_config
         self.kind = kind
@@ -352,6 +438,11 @@ class ExampleProcessor:
                 )
             out["frames"] = frames
         if self.prompt_config.use_audio:
+            if "fbank" not in record:  # schema: has_audio false
+                raise ValueError(
+                    f"record {record.get('id')!r} comes from a video without an audio track, but this run uses "
+                    "the audio modality; set config.data.use_audio=False, or rebuild the shards without that clip"
+                )
             fbank = record["fbank"]
             expected = (self.num_audio_clips, *FBANK_SHAPE)
             if fbank.shape != expected:
@@ -393,8 +484,24 @@ class ExampleProcessor:
             }
         return dict(self._padding)
 
-    def __call__(self, data: bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        record = schema.decode(data)
+    def _corrupt(self, where: str, reason: str) -> dict[str, np.ndarray]:
+        if not self.skip_corrupt_records:
+            raise CorruptRecordError(
+                f"corrupt shard record: {where} ({reason}); rebuild that shard with scripts/build_shards.py, or "
+                "set data.skip_corrupt_records=True to skip and count such records"
+            )
+        logger.warning("skipping corrupt shard record %s (%s)", where, reason)
+        return {**self.padding_element(), "_id": np.str_(where), "_status": np.int32(STATUS_CORRUPT)}
+
+    def __call__(self, item: LocatedRecord | bytes, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        if not isinstance(item, LocatedRecord):
+            item = LocatedRecord("(in-memory record)", item)
+        if item.error is not None:
+            return self._corrupt(item.where, item.error)
+        try:
+            record = schema.decode(item.data)
+        except Exception as e:  # msgpack/validation errors of bytes that passed the file checksum
+            return self._corrupt(item.where, f"undecodable: {' '.join(str(e).split())[:200]}")
         record_id = str(record["id"])
         if record["kind"] != self.kind:
             raise ValueError(
@@ -467,6 +574,7 @@ class DataIterator(grain.DatasetIterator):
         self._fingerprint = fingerprint
         self.num_dropped = 0
         self.dropped_ids: list[str] = []
+        self.corrupt_records: list[str] = []  # where each skipped corrupt record was (file and index)
 
     def __next__(self) -> tuple[dict[str, np.ndarray], list[str | None]]:
         batch = dict(next(self._parent))
@@ -474,6 +582,7 @@ class DataIterator(grain.DatasetIterator):
         dropped = [str(i) for i, s in zip(ids, status, strict=True) if s == STATUS_DROPPED]
         self.num_dropped += len(dropped)
         self.dropped_ids.extend(dropped)
+        self.corrupt_records.extend(str(i) for i, s in zip(ids, status, strict=True) if s == STATUS_CORRUPT)
         mask = batch["example_mask"]
         return {k: np.asarray(v) for k, v in batch.items()}, [
             str(i) if m else None for i, m in zip(ids, mask, strict=True)
@@ -484,6 +593,7 @@ class DataIterator(grain.DatasetIterator):
             "pipeline": self._parent.get_state(),
             "num_dropped": self.num_dropped,
             "dropped_ids": list(self.dropped_ids),
+            "corrupt_records": list(self.corrupt_records),
             "fingerprint": self._fingerprint,
         }
 
@@ -497,11 +607,26 @@ class DataIterator(grain.DatasetIterator):
         self._parent.set_state(state["pipeline"])
         self.num_dropped = int(state["num_dropped"])
         self.dropped_ids = list(state["dropped_ids"])
+        self.corrupt_records = list(state.get("corrupt_records", []))
+
+
+def _split_kind(source: ShardSource, split: str) -> str:
+    """The record kind of a split, from its first readable record (a corrupt one is reported when reached)."""
+    for index in range(len(source)):
+        item = source[index]
+        if item.error is None:
+            try:
+                return schema.decode(item.data)["kind"]
+            except Exception:  # reported with its location when the pipeline reaches it
+                continue
+    raise CorruptRecordError(
+        f"split {split!r}: none of its {len(source)} records can be read; rebuild its shards with "
+        "scripts/build_shards.py"
+    )
 
 
 def _mark_absl_flags_parsed() -> None:
     """Grain 0.2.18 workers read an absl flag; unparsed flags crash them (google/grain #1355)."""
-    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
@@ -525,12 +650,13 @@ def make_iterator(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     config.validate()
+    config = with_shard_facts(config)
     if shard_index is None or shard_count is None:
         if shard_index is not None or shard_count is not None:
             raise ValueError(
                 "pass both shard_index and shard_count, or neither (then the JAX process is used)"
             )
-        import jax
+        import jax  # only for this default: the pipeline itself (and its worker processes) never needs JAX
 
         shard_index, shard_count = jax.process_index(), jax.process_count()
     if not 0 <= shard_index < shard_count:
@@ -539,18 +665,19 @@ def make_iterator(
         tokenizer = load_tokenizer(config.tokenizer_path)
 
     files = find_shards(config.shard_dir, config.split)
-    source = grain.sources.ArrayRecordDataSource([str(f) for f in files])
+    source = ShardSource(files)
     num_examples = len(source)
     if mode == "eval" and num_examples < shard_count:
         raise ValueError(
             f"split {config.split!r} has {num_examples} records, fewer than the {shard_count} processes "
             "reading it"
         )
-    kind = schema.decode(source[0])["kind"]
+    kind = _split_kind(source, config.split)
     processor = ExampleProcessor(
         tokenizer, config.prompt_config(read_label_set(config.shard_dir)), kind=kind,
         max_length=config.max_length, overlong_policy=config.overlong_policy,
         num_frames=config.num_frames, num_audio_clips=config.num_audio_clips,
+        skip_corrupt_records=config.skip_corrupt_records,
     )
     processor.padding_element()  # fail here, not in a worker, when max_length cannot hold the prompt
 

@@ -17,6 +17,8 @@ Fields (``kind == "mer"``, emotion recognition/reasoning clips):
   nfbl            list of {"label": str, "start": float, "end": float} (seconds, clip-relative)
   frames          uint8   [T=8, 224, 224, 3] RGB, de-identified
   frame_times     float32 [T] seconds, clip-relative
+  has_audio       bool, optional (default true); false: the video has no audio track, and the record has no
+                  fbank / audio_clip_times (readers refuse it when the audio modality is on)
   fbank           float32 [S=8, 128, 204] ImageBind-normalised Kaldi fbank (one per 2 s audio clip)
   audio_clip_times float32 [S, 2] start/end seconds of each audio clip, clip-relative
 Optional (precomputed frozen-encoder features, filled by a later feature-caching step):
@@ -37,8 +39,9 @@ SCHEMA_VERSION = 1
 
 MER_REQUIRED = (
     "schema_version", "kind", "id", "split", "start", "end", "transcription", "label", "label_index",
-    "reasoning", "nfbl", "frames", "frame_times", "fbank", "audio_clip_times",
+    "reasoning", "nfbl", "frames", "frame_times",
 )
+MER_AUDIO = ("fbank", "audio_clip_times")  # required unless has_audio is false
 CAPTION_REQUIRED = ("schema_version", "kind", "id", "split", "caption", "frames", "frame_times")
 OPTIONAL_FEATURES = ("video_features", "audio_features")
 
@@ -67,6 +70,8 @@ def validate(record: dict[str, Any]) -> None:
     if kind not in ("mer", "caption"):
         raise SchemaError(f"record {record.get('id')!r}: kind must be 'mer' or 'caption', got {kind!r}")
     required = MER_REQUIRED if kind == "mer" else CAPTION_REQUIRED
+    if kind == "mer" and record.get("has_audio", True) is not False:
+        required = (*required, *MER_AUDIO)
     missing = [k for k in required if k not in record]
     if missing:
         raise SchemaError(f"record {record.get('id')!r}: missing fields {missing}")
@@ -82,7 +87,7 @@ def validate(record: dict[str, Any]) -> None:
             f"record {record['id']!r}: frames must be uint8 [T, H, W, 3], got "
             f"{getattr(frames, 'dtype', type(frames))} {getattr(frames, 'shape', '')}"
         )
-    if kind == "mer":
+    if kind == "mer" and "fbank" in record:
         fbank = record["fbank"]
         if not (isinstance(fbank, np.ndarray) and fbank.ndim == 3 and fbank.dtype == np.float32):
             raise SchemaError(

@@ -113,7 +113,7 @@ def train_sentencepiece_tokenizer(
     ``tokenizer.model`` (the SentencePiece model), ``tokenizer.json`` and ``tokenizer_config.json``, with the
     placeholders at ids ``vocab_size`` and ``vocab_size + 1``. Returns the directory.
     """
-    import sentencepiece as spm
+    import sentencepiece as spm  # only for training a tokenizer (demo, tests); loading one never needs it
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")

@@ -1,21 +1,26 @@
 """Batch de-identification: many inputs into one output folder, resumable, one bad input never stops the rest.
 
-Outputs are ``DIR/<input stem>.mp4`` (+ sidecar). Failures of this run go to ``DIR/failures.jsonl`` (one JSON
-object per line: input file name, stage, reason), rewritten at the start of every run, so it always lists what
-is still missing. A rerun skips every output whose sidecar passed the audit and records the same input
-(sha256) and the same settings.
+Outputs are ``DIR/<input stem>.mp4`` (+ sidecar); an output appears under that name only once its audit passed
+(see :mod:`deemo_jax.deid.pipeline`). Failures of this run go to ``DIR/failures.jsonl`` (one JSON object per
+line: input index and file name, stage, one-line reason, and ``quarantine`` when a failed output was kept),
+rewritten at the start of every run, so it always lists what is still missing. A rerun skips every output
+whose sidecar passed the audit and records the same input (sha256) and the same settings.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deemo_jax.media import MediaError, probe
+
 from .centerface import CenterFace
 from .pipeline import (
+    QUARANTINE_DIR,
     AuditFailedError,
     DeidSettings,
     audit_video,
@@ -24,7 +29,6 @@ from .pipeline import (
     load_sidecar,
     settings_fingerprint,
 )
-from .video import MediaError, probe
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 FAILURES_FILE = "failures.jsonl"
@@ -74,6 +78,24 @@ def _no_progress(desc: str, total: int | None) -> tuple[Callable[[int], None], C
     return (lambda n: None), (lambda: None)
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line (ffmpeg and OS messages can span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, AuditFailedError | MediaError):
+        return one_line(error)
+    if isinstance(error, OSError):
+        return (f"{type(error).__name__}: {one_line(error)}; check the free space and permissions of the output "
+                "folder and the input file, then re-run")
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
 def run_batch(
     inputs: list[Path],
     output_dir: Path,
@@ -81,27 +103,35 @@ def run_batch(
     *,
     detector: CenterFace,
     force: bool = False,
+    keep_failed: bool = False,
     progress: ProgressFactory = _no_progress,
     log: Callable[[str], None] = print,
+    log_error: Callable[[str], None] = _stderr,
 ) -> BatchSummary:
-    """De-identify every input into ``output_dir``; never raises for a problem of a single input."""
+    """De-identify every input into ``output_dir``; never raises for a problem of a single input.
+
+    Progress lines go to ``log``, one ``[FAILED] NAME: reason`` line per failed input to ``log_error``. Raises
+    ``OSError`` only when ``output_dir/failures.jsonl`` itself cannot be written, and ``KeyboardInterrupt``.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary(inputs=len(inputs))
     fingerprint = settings_fingerprint(settings)
     claimed: dict[Path, Path] = {}
-    with open(output_dir / FAILURES_FILE, "w") as failures:
+    with open(output_dir / FAILURES_FILE, "w", encoding="utf-8") as failures:
 
-        def fail(index: int, path: Path, stage: str, reason: str) -> None:
-            entry = {"index": index, "input": path.name, "stage": stage, "reason": reason}
+        def fail(index: int, path: Path, stage: str, reason: str, **extra: Any) -> None:
+            entry = {"index": index, "input": path.name, "stage": stage, "reason": reason, **extra}
             failures.write(json.dumps(entry) + "\n")
             failures.flush()
             summary.failed.append(entry)
-            log(f"[FAILED] {path.name}: {reason}")
+            # The path as given on the command line (where); failures.jsonl keeps only the file name.
+            shown = reason.removeprefix(f"{path.name}: ")
+            log_error(f"[FAILED] {path} (input {index + 1} of {len(inputs)}): {shown}")
 
         for index, path in enumerate(inputs):
             output = output_dir / f"{path.stem}.mp4"
             if not path.is_file():
-                fail(index, path, "input", "no such file")
+                fail(index, path, "input", "no such file; check the path")
                 continue
             if output in claimed:
                 fail(
@@ -113,18 +143,25 @@ def run_batch(
                 )
                 continue
             claimed[output] = path
-            if not force and _already_done(path, output, fingerprint):
-                summary.skipped.append(path.name)
-                log(f"[skip] {path.name}: already de-identified ({output.name})")
-                continue
-            stage = "probe"
+            stage = "input"
             try:
+                if not force and _already_done(path, output, fingerprint):
+                    summary.skipped.append(path.name)
+                    log(f"[skip] {path.name}: already de-identified ({output.name})")
+                    continue
+                stage = "probe"
                 total = probe(path).frame_estimate
                 stage = "de-identification"
                 tick, close = progress(f"deid+audit {path.name}", 2 * total if total else None)
                 try:
                     sidecar = deidentify_video(
-                        path, output, settings, detector=detector, progress=tick, audit_progress=tick
+                        path,
+                        output,
+                        settings,
+                        detector=detector,
+                        progress=tick,
+                        audit_progress=tick,
+                        keep_failed=keep_failed,
                     )
                 finally:
                     close()
@@ -135,11 +172,12 @@ def run_batch(
                     f"{audit['max_score']:.2f} < {audit['threshold']})"
                 )
             except AuditFailedError as e:
-                fail(index, path, "audit", str(e))
+                extra = {"quarantine": f"{QUARANTINE_DIR}/{e.quarantined.name}"} if e.quarantined else {}
+                fail(index, path, "audit", _reason(e), **extra)
             except (MediaError, ValueError, OSError) as e:
-                fail(index, path, stage, f"{type(e).__name__}: {e}")
+                fail(index, path, stage, _reason(e))
             except Exception as e:  # noqa: BLE001 - one input must never stop the batch
-                fail(index, path, stage, f"unexpected {type(e).__name__}: {e}")
+                fail(index, path, stage, f"unexpected {_reason(e)}")
     return summary
 
 
@@ -164,4 +202,4 @@ def audit_files(
                 close()
             yield path, {**report.to_dict(), "detections": report.detections}, None
         except (MediaError, ValueError, OSError) as e:
-            yield path, None, f"{type(e).__name__}: {e}"
+            yield path, None, _reason(e)

@@ -1,10 +1,17 @@
 """De-identify one video: face detection, temporal carry-over, blur, McAdams voice, re-encode, audit, sidecar.
 
 Fail-closed design:
-  * the video is written to ``<output>.partial.mp4`` and renamed only after encoding finished; any previous
-    sidecar of the output is deleted first, so a stale "passed" can never describe a new file;
-  * after encoding, :func:`audit_video` re-runs the detector on every decoded output frame; a face above the
-    audit threshold marks the sidecar ``"passed": false`` and raises :class:`AuditFailedError`;
+  * nothing that may show a face ever carries the final name: the video is encoded to the hidden temporary
+    name ``.<NAME>.mp4.partial`` next to the output (no ``*.mp4`` pattern matches it) and renamed to
+    ``NAME.mp4`` only after :func:`audit_video`, which re-runs the detector on every decoded frame of it, found no
+    face above the audit threshold. A failed output is deleted, or with ``keep_failed`` moved to
+    ``quarantine/NAME.FAILED.mp4`` next to a sidecar that says ``deidentified: false`` / ``audit.passed: false``
+    and where it is; either way :class:`AuditFailedError` is raised;
+  * any previous result for the same output (video, sidecar, quarantined copy) is deleted first, so a stale
+    "passed" can never describe a new file;
+  * the input must decode completely: a truncated input (less video or audio than its container promises) or
+    ffmpeg decoding errors fail the video (:class:`~deemo_jax.media.TruncatedVideoError`,
+    :class:`~deemo_jax.media.UnreadableVideoError`), they are not warnings;
   * an input with audio either gets McAdams-anonymised audio or (``audio="drop"``) none at all; raw voice is
     never copied through.
 
@@ -28,12 +35,26 @@ from typing import Any
 
 import numpy as np
 
+from deemo_jax.files import write_json_atomic
+from deemo_jax.media import (
+    SAMPLE_RATE,
+    FrameWriter,
+    MediaError,
+    MediaInfo,
+    extract_audio,
+    iter_frames,
+    probe,
+    require_fps,
+    write_wav,
+)
+
 from . import mcadams
 from .centerface import CenterFace
 from .faces import ALL_MODES, SHAPES, TemporalCarry, anonymize_faces, enlarge_boxes
-from .video import AUDIO_SR, FrameWriter, MediaError, extract_audio, probe, read_frames, write_wav
 
 SIDECAR_SUFFIX = ".deid.json"
+PARTIAL_SUFFIX = ".partial"
+QUARANTINE_DIR = "quarantine"
 SIDECAR_VERSION = 1
 # The audit flags faces scoring >= 0.5 (CenterFace's own default threshold), not the detection threshold 0.2:
 # a fully masked head still looks like a head, and CenterFace gives it up to ~0.38 (measured on the test clip:
@@ -43,15 +64,23 @@ Progress = Callable[[int], None]
 
 
 class AuditFailedError(RuntimeError):
-    """The privacy audit found a face in the de-identified output (the sidecar says ``passed: false``)."""
+    """The privacy audit found a face in the de-identified output.
 
-    def __init__(self, path: Path, report: AuditReport):
-        self.path, self.report = path, report
+    The output never got its final name: it was deleted, or (``keep_failed``) moved to ``quarantined``
+    (``quarantine/NAME.FAILED.mp4``, with a sidecar saying ``passed: false``).
+    """
+
+    def __init__(self, path: Path, report: AuditReport, quarantined: Path | None = None):
+        self.path, self.report, self.quarantined = path, report, quarantined
         shown = report.frames_with_faces[:20]
         more = "" if len(report.frames_with_faces) <= 20 else f" (+{len(report.frames_with_faces) - 20} more)"
+        if quarantined is None:
+            kept = "the output was deleted (--keep-failed keeps it in quarantine/)"
+        else:
+            kept = f"the output is kept as {quarantined.parent.name}/{quarantined.name}, not under its final name"
         super().__init__(
             f"{path.name}: privacy audit failed: faces above {report.threshold} in frames {shown}{more}, "
-            f"max score {report.max_score:.3f}; try a larger --mask-scale/--carry-frames or --mode solid"
+            f"max score {report.max_score:.3f}; {kept}; try a larger --mask-scale/--carry-frames or --mode solid"
         )
 
 
@@ -98,7 +127,7 @@ class DeidSettings:
             raise ValueError(f"detect_scale must be positive (width, height), got {self.detect_scale}")
         if self.random_alpha and self.seed is None:
             raise ValueError(
-                "random_alpha needs a seed (keep it secret, e.g. --seed $(openssl rand -hex 16)); "
+                "random_alpha needs a seed: pass --seed SECRET (keep it secret, e.g. --seed $(openssl rand -hex 16)); "
                 "without one the alphas could not be reproduced"
             )
         low, high = self.alpha_range
@@ -140,6 +169,19 @@ def sidecar_path(video_path: str | Path) -> Path:
     return video_path.with_name(video_path.name + SIDECAR_SUFFIX)
 
 
+def partial_path(output_path: str | Path) -> Path:
+    """The temporary name an output is encoded and audited under: ``.<NAME>.mp4.partial`` (hidden, and no
+    ``*.mp4`` pattern matches it)."""
+    output_path = Path(output_path)
+    return output_path.with_name(f".{output_path.name}{PARTIAL_SUFFIX}")
+
+
+def quarantine_path(output_path: str | Path) -> Path:
+    """Where ``keep_failed`` moves an output that failed its audit: ``quarantine/NAME.FAILED.mp4``."""
+    output_path = Path(output_path)
+    return output_path.parent / QUARANTINE_DIR / f"{output_path.stem}.FAILED{output_path.suffix}"
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -176,11 +218,14 @@ def load_sidecar(video_path: str | Path, *, verify: bool = True) -> dict[str, An
 
 
 def is_deidentified(video_path: str | Path) -> bool:
-    """True only for a video with a matching sidecar whose audit passed."""
-    sidecar = load_sidecar(video_path)
-    return bool(
-        sidecar and sidecar.get("deidentified") is True and sidecar.get("audit", {}).get("passed") is True
-    )
+    """True only when the one rule (:func:`deemo_jax.deid.rule.require_deidentified`) accepts the video."""
+    from .rule import NotDeidentifiedError, require_deidentified  # here: rule.py imports this module
+
+    try:
+        require_deidentified(video_path)
+    except NotDeidentifiedError:
+        return False
+    return True
 
 
 def _tool_version() -> str:
@@ -188,12 +233,6 @@ def _tool_version() -> str:
         return f"deemo-jax {importlib.metadata.version('deemo-jax')}"
     except importlib.metadata.PackageNotFoundError:
         return "deemo-jax (not installed; source tree)"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def audit_video(
@@ -210,10 +249,10 @@ def audit_video(
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"audit threshold must be in (0, 1), got {threshold}")
     detector = detector or CenterFace()
-    info = probe(path)
     floor = min(threshold, 0.05)
     frames, with_faces, detections, max_score = 0, [], [], 0.0
-    for index, frame in enumerate(read_frames(path, info)):
+    # iter_frames raises at the end when the file is truncated, fails to decode or holds no frame
+    for index, frame in enumerate(iter_frames(path, probe(path))):
         boxes, scores = detector.detect(frame, floor, detect_scale)
         if scores.size:
             max_score = max(max_score, float(scores.max()))
@@ -227,22 +266,22 @@ def audit_video(
         frames += 1
         if progress is not None:
             progress(1)
-    if frames == 0:
-        raise MediaError(f"{Path(path).name}: no frames could be decoded")
     return AuditReport(frames, with_faces, max_score, threshold, detections)
 
 
-def _anonymised_audio(input_path: Path, settings: DeidSettings, input_sha: str, workdir: Path):
+def _anonymised_audio(input_path: Path, info: MediaInfo, settings: DeidSettings, input_sha: str, workdir: Path):
     """(wav path or None, sidecar audio entry or None)."""
-    wave = extract_audio(input_path, AUDIO_SR)
+    wave = extract_audio(input_path, SAMPLE_RATE, info=info)
     if wave.size == 0:
-        raise MediaError(f"{input_path.name}: the audio stream decoded to no samples")
+        raise MediaError(
+            f"{input_path.name}: the audio stream decoded to no samples; check the file, or pass --drop-audio"
+        )
     if settings.random_alpha:
         alpha = mcadams.alpha_for_seed(f"{settings.seed}:{input_sha}", settings.alpha_range)
     else:
         alpha = settings.alpha
     wav = workdir / "voice.wav"
-    write_wav(wav, mcadams.anonymize(wave, AUDIO_SR, alpha), AUDIO_SR)
+    write_wav(wav, mcadams.anonymize(wave, SAMPLE_RATE, alpha), SAMPLE_RATE)
     del wave
     if settings.random_alpha:
         # Neither the drawn alpha nor the seed is recorded: with them the warp could be inverted (1/alpha).
@@ -255,8 +294,46 @@ def _anonymised_audio(input_path: Path, settings: DeidSettings, input_sha: str, 
         }
     else:
         entry = {"method": "mcadams", "alpha": alpha, "seed": None, "random_alpha": False}
-    entry.update({"sample_rate": AUDIO_SR, "channels": 1, "codec": "aac"})
+    entry.update({"sample_rate": SAMPLE_RATE, "channels": 1, "codec": "aac"})
     return wav, entry
+
+
+def _encode(
+    input_path: Path,
+    info: MediaInfo,
+    target: Path,
+    settings: DeidSettings,
+    detector: CenterFace,
+    wav: Path | None,
+    progress: Progress | None,
+) -> int:
+    """Detect, carry over, mask and encode every frame of ``input_path`` into ``target``; the frame count."""
+    carry = TemporalCarry(settings.carry_frames)
+    frames = 0
+    with FrameWriter(
+        target, info.width, info.height, require_fps(input_path, info), audio=wav, crf=settings.crf,
+        preset=settings.preset,
+    ) as writer:
+
+        def emit(ready: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+            for _, frame, boxes in ready:
+                regions = enlarge_boxes(boxes, settings.mask_scale, frame.shape)
+                writer.write(
+                    anonymize_faces(
+                        frame, regions, mode=settings.mode, shape=settings.shape, blur_strength=settings.blur_strength
+                    )
+                )
+                if progress is not None:
+                    progress(1)
+
+        # iter_frames raises after the last frame when the input is truncated or fails to decode: the
+        # writer is then aborted and the partial output deleted by the caller.
+        for frame in iter_frames(input_path, info):
+            boxes, _ = detector.detect(frame, settings.threshold, settings.detect_scale)
+            emit(carry.push(frame, boxes))
+            frames += 1
+        emit(carry.flush())
+    return frames
 
 
 def deidentify_video(
@@ -267,12 +344,14 @@ def deidentify_video(
     detector: CenterFace | None = None,
     progress: Progress | None = None,
     audit_progress: Progress | None = None,
+    keep_failed: bool = False,
 ) -> dict[str, Any]:
     """De-identify ``input_path`` into ``output_path`` (mp4) and write its sidecar; returns the sidecar dict.
 
-    Raises :class:`AuditFailedError` (after writing a ``passed: false`` sidecar) when the audit finds a face,
-    :class:`~deemo_jax.deid.video.MediaError` for unreadable input or ffmpeg failures, ``ValueError`` for bad
-    arguments.
+    The output gets its final name only after its audit passed. Raises :class:`AuditFailedError` when the audit
+    finds a face (the output deleted, or with ``keep_failed`` moved to :func:`quarantine_path` with a
+    ``passed: false`` sidecar), :class:`~deemo_jax.media.MediaError` for unreadable, truncated or
+    undecodable input and ffmpeg failures, ``ValueError`` for bad arguments.
     """
     settings = settings or DeidSettings()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -281,63 +360,36 @@ def deidentify_video(
     if input_path.resolve() == output_path.resolve():
         raise ValueError(f"{input_path.name}: output would overwrite the input")
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar_file = sidecar_path(output_path)
-    sidecar_file.unlink(missing_ok=True)
+    partial, quarantined = partial_path(output_path), quarantine_path(output_path)
+    # No earlier result may survive to describe this run's outcome.
+    for stale in (sidecar_path(output_path), output_path, partial, sidecar_path(quarantined), quarantined):
+        stale.unlink(missing_ok=True)
     info = probe(input_path)
+    require_fps(input_path, info)
     detector = detector or CenterFace()
     input_sha = file_sha256(input_path)
-    partial = output_path.with_name(output_path.stem + ".partial.mp4")
-    with tempfile.TemporaryDirectory(prefix="deid-") as tmp:
-        wav, audio_entry = None, None
-        if info.has_audio and settings.audio == "mcadams":
-            wav, audio_entry = _anonymised_audio(input_path, settings, input_sha, Path(tmp))
-        carry = TemporalCarry(settings.carry_frames)
-        frames = 0
-        try:
-            with FrameWriter(
-                partial,
-                info.width,
-                info.height,
-                info.fps,
-                audio=wav,
-                crf=settings.crf,
-                preset=settings.preset,
-            ) as writer:
+    try:
+        with tempfile.TemporaryDirectory(prefix="deid-") as tmp:
+            wav, audio_entry = None, None
+            if info.has_audio and settings.audio == "mcadams":
+                wav, audio_entry = _anonymised_audio(input_path, info, settings, input_sha, Path(tmp))
+            frames = _encode(input_path, info, partial, settings, detector, wav, progress)
+        report = audit_video(
+            partial,
+            settings.audit_threshold,
+            detector=detector,
+            detect_scale=settings.detect_scale,
+            progress=audit_progress,
+        )
+        output_sha = file_sha256(partial)
+        if report.passed:
+            os.replace(partial, output_path)
+        elif keep_failed:
+            quarantined.parent.mkdir(exist_ok=True)
+            os.replace(partial, quarantined)
+    finally:
+        partial.unlink(missing_ok=True)  # whatever happened, no unaudited or failed video stays behind
 
-                def emit(ready: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
-                    for _, frame, boxes in ready:
-                        regions = enlarge_boxes(boxes, settings.mask_scale, frame.shape)
-                        writer.write(
-                            anonymize_faces(
-                                frame,
-                                regions,
-                                mode=settings.mode,
-                                shape=settings.shape,
-                                blur_strength=settings.blur_strength,
-                            )
-                        )
-                        if progress is not None:
-                            progress(1)
-
-                for frame in read_frames(input_path, info):
-                    boxes, _ = detector.detect(frame, settings.threshold, settings.detect_scale)
-                    emit(carry.push(frame, boxes))
-                    frames += 1
-                emit(carry.flush())
-                if frames == 0:
-                    raise MediaError(f"{input_path.name}: no frames could be decoded")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-    os.replace(partial, output_path)
-
-    report = audit_video(
-        output_path,
-        settings.audit_threshold,
-        detector=detector,
-        detect_scale=settings.detect_scale,
-        progress=audit_progress,
-    )
     video_entry = {
         k: v
         for k, v in asdict(settings).items()
@@ -363,11 +415,20 @@ def deidentify_video(
         "audio": audio_entry,
         "settings_sha256": settings_fingerprint(settings),
         "input": {"sha256": input_sha, "had_audio": info.has_audio},
-        "output": {"file": output_path.name, "sha256": file_sha256(output_path)},
+        "output": {"file": output_path.name, "sha256": output_sha},
         "audit": report.to_dict(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    _write_json_atomic(sidecar_file, sidecar)
-    if not report.passed:
+    if report.passed:
+        write_json_atomic(sidecar_path(output_path), sidecar)
+        return sidecar
+    if not keep_failed:
         raise AuditFailedError(output_path, report)
-    return sidecar
+    sidecar["output"]["file"] = quarantined.name
+    sidecar["quarantine"] = {
+        "file": f"{QUARANTINE_DIR}/{quarantined.name}",
+        "intended_output": output_path.name,
+        "reason": "privacy audit failed: the video may show faces; never use it as data",
+    }
+    write_json_atomic(sidecar_path(quarantined), sidecar)
+    raise AuditFailedError(output_path, report, quarantined)

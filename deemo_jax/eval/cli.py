@@ -1,8 +1,9 @@
 """``scripts/eval.py``: evaluate a training run's checkpoint on a shard split, or run the Table 4 ablations.
 
 ``--config=configs/eval.py[:variant]`` plus ``--config.KEY=VALUE`` overrides (see configs/eval.py). Exit
-status: 0 done; 2 bad config, missing run/checkpoint/shards (one line on stderr saying what and how to fix,
-before anything is compiled).
+status (docs/exit_codes.md): 0 done; 2 bad config, missing run/checkpoint/shards (one line on stderr saying
+what and how to fix, before anything is compiled); 3 a corrupt shard record (named by file and index;
+``data.skip_corrupt_records=True`` excludes and reports them); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from deemo_jax import cli
-from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
+from deemo_jax import cli, exit_codes
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, CorruptRecordError, DataConfig
 from deemo_jax.data.prompts import TASKS
 from deemo_jax.eval.report import MODALITIES
 
-EXIT_OK, EXIT_CONFIG = 0, 2
 USAGE = "usage: python scripts/eval.py --config=configs/eval.py[:ablations|:demo|:demo_ablations] [--config.KEY=VALUE]"
 
 
@@ -48,7 +48,7 @@ def parse_modalities(text: str, where: str) -> tuple[str, ...]:
 
 def check_eval_config(cfg: ConfigDict) -> None:
     """Value checks that need no file or device (raises :class:`EvalConfigError`)."""
-    from deemo_jax.eval.generate import GenerationConfig
+    from deemo_jax.eval.generate import GenerationConfig  # imports JAX: only once the cheap checks have run
 
     if not cfg.workdir:
         raise EvalConfigError("config.workdir is empty; set --config.workdir=RUN_DIR (a scripts/train.py workdir)")
@@ -94,10 +94,11 @@ def run(cfg: ConfigDict) -> tuple[Path, dict[str, dict[str, Any]]]:
 
     Without ablations the only row is named after the evaluated modalities.
     """
+    # The model code (JAX, transformers) loads only after the config checks passed, so they answer at once.
     from deemo_jax.data.tokenizer import load_tokenizer
-    from deemo_jax.eval.checkpoint import describe, load_run
     from deemo_jax.eval.evaluate import evaluate_recognition, row_name, run_ablations
     from deemo_jax.eval.generate import GenerationConfig
+    from deemo_jax.train.runs import describe, load_run
 
     loaded = load_run(cfg.workdir, step=None if cfg.step == -1 else cfg.step, compilation_cache=True)
     data = eval_data_config(cfg, loaded.data_config(batch_size=cfg.batch_size, split=cfg.data.split))
@@ -125,21 +126,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_eval_config(cfg)
     except EvalConfigError as e:
         print(f"eval.py: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_codes.USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         output, rows = run(cfg)
+    except CorruptRecordError as e:
+        print(f"eval.py: bad data: {cli.one_line(e)}", file=sys.stderr)
+        return exit_codes.BAD_DATA
     except (FileNotFoundError, ValueError) as e:
         print(f"eval.py: error: {cli.one_line(e)}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_codes.USAGE
+    except KeyboardInterrupt:
+        print("eval.py: interrupted; nothing was written for the unfinished split, rerun the command", file=sys.stderr)
+        return exit_codes.INTERRUPTED
     for name, m in rows.items():
         print(
             f"{name}: accuracy {100 * m['accuracy']:.2f}%, weighted F1 {100 * m['weighted_f1']:.2f}%, macro F1 "
             f"{100 * m['macro_f1']:.2f}%, unparseable {m['n_unparseable']}/{m['n']}, skipped (over-long) "
-            f"{m['n_skipped']}"
+            f"{m['n_skipped']}, excluded (corrupt records) {m.get('n_excluded_corrupt', 0)}"
         )
     print(f"results in {output}")
-    return EXIT_OK
+    return exit_codes.OK

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from deemo_jax.data.pipeline import DataConfig, make_iterator, read_label_set
+from deemo_jax.data.pipeline import IGNORE_INDEX, DataConfig, make_iterator, read_label_set
 from deemo_jax.data.prompts import END_SYMBOL
 from deemo_jax.data.tokenizer import load_tokenizer
 from deemo_jax.eval.generate import (
@@ -64,7 +64,7 @@ from deemo_jax.eval.report import (
     write_jsonl_atomic,
     write_metrics_json,
 )
-from deemo_jax.models.deemo_llama import IGNORE_INDEX, DeemoLlama
+from deemo_jax.models.deemo_llama import DeemoLlama
 
 logger = logging.getLogger(__name__)
 
@@ -265,12 +265,18 @@ def evaluate_pass(
     if not rows:
         raise ValueError(
             f"split {config.split!r} of {config.shard_dir!r} gave no evaluable example "
-            f"({iterator.num_dropped} skipped as over-long); check the split name and DataConfig.max_length"
+            f"({iterator.num_dropped} skipped as over-long, {len(iterator.corrupt_records)} corrupt); check the "
+            "split name and DataConfig.max_length"
         )
     if iterator.dropped_ids:
         logger.warning(
             "%d example(s) skipped as longer than max_length %d, not in the metrics: %s",
             len(iterator.dropped_ids), config.max_length, iterator.dropped_ids[:20],
+        )
+    if iterator.corrupt_records:
+        logger.warning(
+            "%d corrupt shard record(s) excluded from the metrics (data.skip_corrupt_records): %s",
+            len(iterator.corrupt_records), iterator.corrupt_records[:20],
         )
 
     metrics = classification_metrics(gold, pred, label_set)
@@ -281,6 +287,8 @@ def evaluate_pass(
         "instruction": instruction,
         "n_skipped": len(iterator.dropped_ids),
         "skipped_ids": list(iterator.dropped_ids),
+        "n_excluded_corrupt": len(iterator.corrupt_records),
+        "excluded_corrupt_records": list(iterator.corrupt_records),
         "parse_rules": dict(sorted(Counter(row["parse_rule"] for row in rows).items())),
         "generation": {
             **{k: v for k, v in dataclasses.asdict(gen_config).items() if k != "stop_sequences"},
@@ -299,7 +307,8 @@ def evaluate_pass(
                           f"{row_name(modalities)}")
     markdown = (
         f"# {title}\n\n"
-        f"{metrics.n} examples ({len(iterator.dropped_ids)} skipped as over-long), "
+        f"{metrics.n} examples ({len(iterator.dropped_ids)} skipped as over-long, "
+        f"{len(iterator.corrupt_records)} excluded as corrupt shard records), "
         f"{metrics.n_unparseable} unparseable answers ({100 * metrics.unparseable_rate:.2f}%), decoding "
         f"{'sampling' if gen_config.do_sample else 'greedy'}, max_new_tokens {gen_config.max_new_tokens}.\n\n"
         f"{table4_markdown([(modalities, metrics)])}\n{metrics_markdown(metrics)}"

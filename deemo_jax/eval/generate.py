@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deemo_jax.models.deemo_llama import IGNORE_INDEX, DeemoLlama, check_inputs
+from deemo_jax.data.pipeline import IGNORE_INDEX
+from deemo_jax.models.deemo_llama import DeemoLlama, check_inputs
 from deemo_jax.models.llama import Llama
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,11 @@
 """``scripts/infer.py``: one video in, the emotion and its reasoning out, through the training pipeline.
 
-Steps: the model of a training run is loaded first (so a missing checkpoint fails before any slow work); the
-video is de-identified (``deemo_jax.deid.deidentify_video``: face blur, McAdams voice, re-detection audit;
-fail-closed) into a temporary directory, unless it already carries a verified de-identification sidecar; the
+Steps: the model of a training run is loaded first (so a missing checkpoint fails before any slow work); a
+video that the one de-identification rule accepts (``deemo_jax.deid.require_deidentified``: a sidecar matching
+its bytes with a finished de-identification and a passed audit) is used as is; any other video is de-identified
+(``deemo_jax.deid.deidentify_video``: face blur, McAdams voice, re-detection audit; fail-closed) into a
+temporary directory, and the result must pass the same rule (a failed audit refuses the video, nothing of it
+is used or kept); the
 clip is read from the de-identified file exactly as the shard builder reads it (``media.read_clip``: frames
 uniformly sampled and resized to 224x224, 16-kHz audio -> ``fbank.imagebind_audio_features``), with the
 run's frame and audio-clip counts; the prompt is built by ``prompts.build_prompt`` with the run's prompt
@@ -24,22 +27,50 @@ from typing import Any
 
 import numpy as np
 
+from deemo_jax import exit_codes
 from deemo_jax.data.prompts import END_SYMBOL
-from deemo_jax.eval.checkpoint import LoadedRun
+from deemo_jax.files import OutputDirError, ensure_writable_dir, write_atomic
+from deemo_jax.train.runs import LoadedRun
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = exit_codes.OK, exit_codes.SOME_FAILED, exit_codes.USAGE
+# A one-word --transcript ending like this is a file name, not words someone said.
+TEXT_FILE_SUFFIXES = (".txt", ".text", ".md", ".json", ".jsonl", ".srt", ".vtt", ".csv", ".tsv", ".lab", ".trn")
 
 
-def read_transcript(value: str | None) -> str:
-    """``--transcript``: the text itself, or the path of a UTF-8 text file holding it (None -> empty)."""
-    if value is None:
+def _looks_like_path(value: str) -> bool:
+    word = value.strip()
+    if not word or any(c.isspace() for c in word):
+        return False
+    return "/" in word or "\\" in word or word.lower().endswith(TEXT_FILE_SUFFIXES)
+
+
+def read_transcript(text: str | None = None, file: str | Path | None = None) -> str:
+    """The transcription: ``--transcript TEXT`` (the words themselves) or ``--transcript-file PATH`` (a UTF-8
+    text file); neither -> empty. Raises ``ValueError`` (one line) for a file that cannot be read and for a
+    ``TEXT`` that is a file path (existing or not): a mistyped path must never become the transcription."""
+    if text is not None and file is not None:
+        raise ValueError("give either --transcript TEXT or --transcript-file PATH, not both")
+    if file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise ValueError(f"--transcript-file {str(file)!r} does not exist; check the path, or pass the words "
+                             "themselves with --transcript TEXT")
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"--transcript-file {str(file)!r} is not UTF-8 text; save it as UTF-8") from None
+    if text is None:
         return ""
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    return value.strip()
+    if Path(text).expanduser().is_file():
+        raise ValueError(f"--transcript {text!r} is a file; to read it, pass --transcript-file {text}")
+    if _looks_like_path(text):
+        raise ValueError(
+            f"--transcript {text!r} looks like a file path, but no such file exists; fix the path and pass it "
+            "with --transcript-file PATH (--transcript takes the words themselves)"
+        )
+    return text.strip()
 
 
 def split_answer(text: str, label: str | None, task: str) -> str:
@@ -57,8 +88,8 @@ def clip_inputs(video: Path, start: float | None, end: float | None, num_frames:
 
     A video without an audio track gets silent audio (a note says so), like a silent clip in the shards.
     """
+    from deemo_jax import media
     from deemo_jax.data import fbank as fb
-    from deemo_jax.data import media
 
     info = media.probe(video)
     start = 0.0 if start is None else start
@@ -109,19 +140,22 @@ def infer(
 ) -> dict[str, Any]:
     """Run the whole path on one video; returns ``{"emotion", "reasoning", "answer", "parse_rule", ...}``.
 
-    ``run`` (from :func:`deemo_jax.eval.checkpoint.load_run`) replaces ``workdir``/``step`` when given, so
+    ``run`` (from :func:`deemo_jax.train.runs.load_run`) replaces ``workdir``/``step`` when given, so
     several videos can share one loaded model. ``generation`` holds GenerationConfig fields.
     """
     from deemo_jax.data.pipeline import read_label_set
     from deemo_jax.data.prompts import build_prompt
-    from deemo_jax.deid import DeidSettings, deidentify_video, is_deidentified
-    from deemo_jax.eval.checkpoint import load_run
+    from deemo_jax.deid import DeidSettings, NotDeidentifiedError, deidentify_video, require_deidentified
     from deemo_jax.eval.generate import GenerationConfig, decode_generated, end_symbol_token_sequences, generate
     from deemo_jax.eval.labels import parse_label_with_rule
+    from deemo_jax.train.runs import load_run
 
     video = Path(video).expanduser()
     if not video.is_file():
-        raise FileNotFoundError(f"video {str(video)!r} does not exist")
+        raise FileNotFoundError(f"video {str(video)!r} does not exist; check the path")
+    keep = None
+    if keep_deidentified:  # checked before any slow work
+        keep = ensure_writable_dir(Path(keep_deidentified).expanduser(), what="--keep-deidentified folder")
     run = run or load_run(workdir, step=step, compilation_cache=True)
     data = run.data_config(batch_size=1)
     label_set = tuple(labels) or tuple(run.config.data.labels) or read_label_set(data.shard_dir)
@@ -133,16 +167,22 @@ def infer(
     if data.nfbl_as_text:
         notes.append("the model was trained with NFBL annotations as text; a raw video has none ('none' is given)")
     if data.use_transcription and not transcript:
-        notes.append("no --transcript given: the transcription is empty")
+        notes.append("no --transcript or --transcript-file given: the transcription is empty")
 
+    kept = None
     with tempfile.TemporaryDirectory(prefix="deemo-infer-") as tmp:
-        if is_deidentified(video):
+        try:
+            require_deidentified(video)
             deid, sidecar = video, None
             notes.append("the video carries a verified de-identification sidecar: used as is")
-        else:
-            out_dir = Path(keep_deidentified).expanduser() if keep_deidentified else Path(tmp)
-            deid = out_dir / (video.stem + ".deid.mp4")
-            sidecar = deidentify_video(video, deid, DeidSettings())
+        except NotDeidentifiedError as e:
+            notes.append(f"the video is not de-identified ({e.reason.replace('_', ' ')}): de-identified first")
+            deid = Path(tmp) / (video.stem + ".deid.mp4")
+            # A failed audit raises AuditFailedError here: the output stays in tmp and is deleted with it.
+            deidentify_video(video, deid, DeidSettings())
+            sidecar = require_deidentified(deid)  # the model only reads what the one rule accepts
+            if keep is not None:
+                kept = _keep(deid, keep)
         frames, features, clip_notes = clip_inputs(deid, start, end, data.num_frames, data.num_audio_clips)
     notes += clip_notes
 
@@ -169,20 +209,33 @@ def infer(
         "finish_reason": output.finish_reason(0),
         "checkpoint": {"workdir": str(run.workdir), "step": run.step},
         "deidentification": None if sidecar is None else {"audit_passed": sidecar["audit"]["passed"],
-                                                          "kept": str(deid) if keep_deidentified else None},
+                                                          "kept": None if kept is None else str(kept)},
         "notes": notes,
     }
 
 
+def _keep(deid: Path, folder: Path) -> Path:
+    """Copy a passed de-identified video and its sidecar into ``folder`` (the sidecar last: it vouches)."""
+    from deemo_jax.deid import sidecar_path
+
+    target = folder / deid.name
+    sidecar_path(target).unlink(missing_ok=True)  # never a stale sidecar next to new bytes
+    write_atomic(target, deid.read_bytes())
+    write_atomic(sidecar_path(target), sidecar_path(deid).read_bytes())
+    return target
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from deemo_jax.eval.checkpoint import DEFAULT_DEMO_WORKDIR
+    from deemo_jax.train.runs import DEFAULT_DEMO_WORKDIR
 
     p = argparse.ArgumentParser(
         prog="infer.py",
         description="De-identify a video, run a trained DEEMO-LLaMA on it, print the emotion and the reasoning.",
     )
     p.add_argument("video", help="the video file (any format ffmpeg reads)")
-    p.add_argument("--transcript", help="what is said in the clip: the text, or a UTF-8 text file")
+    words = p.add_mutually_exclusive_group()
+    words.add_argument("--transcript", metavar="TEXT", help="what is said in the clip (the words themselves)")
+    words.add_argument("--transcript-file", metavar="PATH", help="a UTF-8 text file holding what is said")
     p.add_argument("--workdir", default=DEFAULT_DEMO_WORKDIR,
                    help=f"training run directory (default {DEFAULT_DEMO_WORKDIR}, the `make demo` run)")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
@@ -211,25 +264,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     generation = {"do_sample": args.sample, "temperature": args.temperature, "seed": args.seed,
                   "top_p": args.top_p if args.sample else 1.0}
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else ()
-    from deemo_jax.data.media import MediaError
-    from deemo_jax.deid import AuditFailedError
+    from deemo_jax.deid import AuditFailedError, NotDeidentifiedError
     from deemo_jax.deid import MediaError as DeidMediaError
+    from deemo_jax.media import MediaError
+
+    def error(message: str) -> None:
+        print(f"infer.py: {' '.join(message.split())}", file=sys.stderr)
 
     try:
+        transcript = read_transcript(args.transcript, args.transcript_file)
         result = infer(
-            args.video, workdir=args.workdir, transcript=read_transcript(args.transcript), start=args.start,
+            args.video, workdir=args.workdir, transcript=transcript, start=args.start,
             end=args.end, step=args.step, labels=labels, max_new_tokens=args.max_new_tokens, generation=generation,
             keep_deidentified=args.keep_deidentified,
         )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"infer.py: {' '.join(str(e).split())}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, OutputDirError) as e:
+        error(str(e))
         return EXIT_USAGE
     except AuditFailedError as e:
-        print(f"infer.py: de-identification failed its privacy audit, the video is not used: {e}", file=sys.stderr)
+        r = e.report
+        error(f"{args.video}: de-identification failed its privacy audit (faces above {r.threshold} in frames "
+              f"{r.frames_with_faces[:20]}, max score {r.max_score:.3f}); nothing of it was used or kept; "
+              "de-identify it with scripts/deidentify.py using stronger settings (--mask-scale, --carry-frames or "
+              "--mode solid) and pass its output")
+        return EXIT_FAILED
+    except NotDeidentifiedError as e:
+        error(f"the de-identified copy is refused, nothing of it was used: {e}")
         return EXIT_FAILED
     except (MediaError, DeidMediaError) as e:
-        print(f"infer.py: cannot read the video: {e}", file=sys.stderr)
+        error(f"cannot read the video: {e}; check that the file is a complete video ffmpeg can read")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        error("interrupted; nothing was kept, run the command again")
+        return exit_codes.INTERRUPTED
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        error(f"cannot read or write{where}: {e.strerror or e}; check the path, its permissions and free disk space")
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return EXIT_OK

@@ -167,6 +167,7 @@ def plot_confusion_matrix(
     cm: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str = "Confusion matrix"
 ) -> None:
     """Write a PNG of a ``[K, K]`` or ``[K, K + 1]`` (with the unparseable column) count matrix."""
+    # matplotlib only when a plot is written (its import costs a second or two of every command's start-up)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from deemo_jax.eval.metrics import ClassificationMetrics
+from deemo_jax.files import write_atomic
 
 MODALITIES: tuple[str, ...] = ("transcription", "video", "audio", "nfbl")
 MODALITY_HEADERS: dict[str, str] = {
@@ -213,30 +212,14 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to metrics JSON")
 
 
-def _write_atomic(path: str | os.PathLike, write) -> None:
-    """Write through a temporary file, fsync and ``os.replace`` (never a torn file after a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically."""
+    """Write ``obj`` as indented JSON atomically (numpy values and ``ClassificationMetrics`` allowed)."""
 
     def write(f) -> None:
         json.dump(obj, f, indent=2, ensure_ascii=False, default=_jsonable)
         f.write("\n")
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def write_jsonl_atomic(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
@@ -246,7 +229,7 @@ def write_jsonl_atomic(rows: Iterable[Mapping[str, Any]], path: str | os.PathLik
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
 
 
 def write_metrics_json(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# The valid ``implementation`` names, checked only here; train/config.py validates a run's choice against them.
 IMPLEMENTATIONS = (None, "xla", "cudnn", "looped")
 
 

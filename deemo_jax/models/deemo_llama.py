@@ -10,7 +10,7 @@ placeholder runs of the prompt (see docs/DESIGN.md §4). Frozen encoder outputs 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -28,7 +28,6 @@ from deemo_jax.sharding import constrain
 # CLIP normalisation of the Video-LLaMA eval/train video processors (reference_spec §9.1).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IGNORE_INDEX = -100
 
 # Top-level attributes that train in the paper (the configs' trainable rules match these names).
 PAPER_TRAINABLE = (
@@ -104,9 +103,72 @@ class DeemoLlamaConfig:
             frozen_dtype=frozen_dtype,
         )
 
+    @classmethod
+    def preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> DeemoLlamaConfig:
+        """The config of ``PRESETS[name]`` with ``overrides`` applied (see :meth:`with_overrides`)."""
+        if name not in PRESETS:
+            raise ValueError(f"DeemoLlamaConfig: unknown preset {name!r}; one of {sorted(PRESETS)}")
+        return PRESETS[name]().with_overrides(overrides)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> DeemoLlamaConfig:
+        """A copy with ``overrides`` applied; keys are field names, nested like the configs themselves.
+
+        ``{"frozen_dtype": jnp.float32}`` sets a field of this config; ``{"llm": {"num_hidden_layers": 1}}`` sets
+        fields of a component config; ``{"llm": LlamaConfig(...)}`` replaces a component and ``{"vit": None}``
+        drops one. An unknown field, or field values inside a component that is None, raise ``ValueError``.
+        """
+        return _replace_nested(self, overrides or {}, "DeemoLlamaConfig")
+
+    def with_attention_impl(self, implementation: str | None) -> DeemoLlamaConfig:
+        """The attention implementation of every component that calls ``attention.dot_product_attention``
+        (EVA ViT, ImageBind, LLM) set to ``implementation``; None picks per backend (see ``models/attention.py``)."""
+        r = dataclasses.replace
+        return r(
+            self,
+            vit=None if self.vit is None else r(self.vit, attention_impl=implementation),
+            audio_encoder=None if self.audio_encoder is None else r(self.audio_encoder, attention_impl=implementation),
+            llm=r(self.llm, attention_impl=implementation),
+        )
+
     def frozen(self, cfg):
         """A component config switched to the frozen dtype."""
         return dataclasses.replace(cfg, dtype=self.frozen_dtype, param_dtype=self.frozen_dtype)
+
+
+def _replace_nested(config: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    names = [f.name for f in dataclasses.fields(config)]
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"{where} has no field {key!r}; fields: {names}")
+        current = getattr(config, key)
+        if isinstance(value, Mapping):
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"{where}.{key} is {current!r}, not a config; cannot set {dict(value)} in it")
+            value = _replace_nested(current, value, f"{where}.{key}")
+        changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
+def _one_layer_everywhere() -> dict[str, Any]:
+    return {
+        "vit": {"depth": 1},
+        "image_qformer": {"num_layers": 1},
+        "video_qformer": {"num_layers": 1},
+        "audio_encoder": {"depth": 1},
+        "audio_qformer": {"num_layers": 1},
+        "llm": {"num_hidden_layers": 1},
+    }
+
+
+# Named model sizes: name -> config factory. The real model, the few-MB test model, the demo's model (tiny
+# encoders, a wider LLM that is trained from scratch) and the fastest smoke-test model (one layer per stack).
+PRESETS: dict[str, Callable[[], DeemoLlamaConfig]] = {
+    "deemo_7b": DeemoLlamaConfig.deemo_7b,
+    "tiny": DeemoLlamaConfig.tiny,
+    "demo": lambda: DeemoLlamaConfig.tiny().with_overrides({"llm": {"hidden_size": 128, "intermediate_size": 256}}),
+    "tiny_1layer": lambda: DeemoLlamaConfig.tiny().with_overrides(_one_layer_everywhere()),
+}
 
 
 class DeemoLlama(nnx.Module):
@@ -220,13 +282,6 @@ class DeemoLlama(nnx.Module):
         logits, _ = self.llama(inputs_embeds=embeds, attention_mask=attention_mask)
         return logits
 
-    def loss(self, batch: Mapping[str, jax.Array], *, rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
-        """(mean next-token CE over supervised tokens, number of supervised tokens) of a DESIGN.md §3 batch."""
-        logits = self(
-            batch["input_ids"], batch.get("attention_mask"), batch.get("frames"), batch.get("fbank"), rngs=rngs
-        )
-        return next_token_loss(logits, batch["labels"])
-
 
 def _splice(embeds: jax.Array, is_slot: jax.Array, tokens: jax.Array) -> jax.Array:
     """Write tokens[b, k] into the k-th placeholder position of row b (runs are checked by ``check_inputs``)."""
@@ -268,18 +323,3 @@ def check_inputs(
                 )
             if want and positions[-1] - positions[0] != want - 1:
                 raise ValueError(f"input_ids row {row}: the {want} {name} placeholders must be consecutive")
-
-
-def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Shifted cross-entropy, mean over tokens whose label is not -100 (torch CrossEntropyLoss default).
-
-    Returns (loss, number of supervised tokens); the loss is 0 when nothing is supervised.
-    """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    valid = targets != IGNORE_INDEX
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(log_probs, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    count = jnp.sum(valid)
-    loss = -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.maximum(count, 1)
-    return loss, count

@@ -15,12 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deemo_jax.models import attention, layers
+from deemo_jax.models import layers
 from deemo_jax.sharding import constrain
 
 _BLD = ("activation_batch", "activation_length", "activation_embed")
-_BLM = ("activation_batch", "activation_length", "activation_mlp")
-_BLHD = ("activation_batch", "activation_length", "activation_heads", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +32,7 @@ class EvaViTConfig:
     layer_norm_eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    attention_impl: str | None = None  # see deemo_jax.models.attention (None: per-head loop on CPU, XLA elsewhere)
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
@@ -69,6 +68,7 @@ class EvaAttention(nnx.Module):
         c = config
         self.num_heads = c.num_heads
         self.dtype = c.dtype
+        self.implementation = c.attention_impl
         init = layers.DEFAULT_KERNEL_INIT
         # Columns [q | k | v], each head-major: torch ``qkv.weight.T``.
         self.qkv = nnx.Param(
@@ -85,34 +85,16 @@ class EvaAttention(nnx.Module):
         q, k, v = jnp.split(qkv, 3, axis=-1)
         q = q + self.q_bias[...].astype(self.dtype)
         v = v + self.v_bias[...].astype(self.dtype)
-        q, k, v = (constrain(layers.split_heads(t, self.num_heads), _BLHD) for t in (q, k, v))
-        out = attention.dot_product_attention(q, k, v, mask=None, is_causal=False)
-        return self.proj(layers.merge_heads(out))
+        return self.proj(layers.encoder_attention(q, k, v, self.num_heads, self.implementation))
 
 
-class EvaMlp(nnx.Module):
-    def __init__(self, config: EvaViTConfig, *, rngs: nnx.Rngs):
-        c = config
-        kw = dict(rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype)
-        self.fc1 = layers.dense(c.width, c.mlp_dim, ("embed", "mlp"), **kw)
-        self.fc2 = layers.dense(c.mlp_dim, c.width, ("mlp", "embed"), **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = constrain(jax.nn.gelu(self.fc1(x), approximate=False), _BLM)
-        return self.fc2(h)
-
-
-class EvaBlock(nnx.Module):
-    def __init__(self, config: EvaViTConfig, *, rngs: nnx.Rngs):
-        c = config
-        self.norm1 = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-        self.attn = EvaAttention(c, rngs=rngs)
-        self.norm2 = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-        self.mlp = EvaMlp(c, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = constrain(x + self.attn(self.norm1(x)), _BLD)
-        return constrain(x + self.mlp(self.norm2(x)), _BLD)
+def eva_block(config: EvaViTConfig, *, rngs: nnx.Rngs) -> layers.PreNormBlock:
+    """One pre-LN block: ``norm1``, ``attn`` (:class:`EvaAttention`), ``norm2``, ``mlp`` (``fc1``/``fc2``)."""
+    c = config
+    return layers.PreNormBlock(
+        EvaAttention(c, rngs=rngs), width=c.width, mlp_dim=c.mlp_dim, eps=c.layer_norm_eps, rngs=rngs,
+        dtype=c.dtype, param_dtype=c.param_dtype,
+    )
 
 
 class EvaViT(nnx.Module):
@@ -141,7 +123,7 @@ class EvaViT(nnx.Module):
         self.pos_embed = nnx.Param(
             init(rngs.params(), (1, c.num_tokens, c.width), c.param_dtype), logical_axes=(None, "positions", "embed")
         )
-        self.blocks = nnx.List([EvaBlock(c, rngs=rngs) for _ in range(c.depth)])
+        self.blocks = nnx.List([eva_block(c, rngs=rngs) for _ in range(c.depth)])
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         c = self.config

@@ -21,12 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deemo_jax.models import attention, layers
+from deemo_jax.models import layers
 from deemo_jax.sharding import constrain
 
 _BLD = ("activation_batch", "activation_length", "activation_embed")
-_BLM = ("activation_batch", "activation_length", "activation_mlp")
-_BLHD = ("activation_batch", "activation_length", "activation_heads", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +44,7 @@ class ImageBindAudioConfig:
     logit_scale: float = 20.0  # exp(log_logit_scale), clipped at 100 in ImageBind; not learnable
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    attention_impl: str | None = None  # see deemo_jax.models.attention (None: per-head loop on CPU, XLA elsewhere)
 
     def __post_init__(self):
         if self.width % self.num_heads:
@@ -82,15 +81,6 @@ class ImageBindAudioConfig:
         return [float(r) for r in np.linspace(0.0, self.drop_path_rate, self.depth)]
 
 
-def drop_path(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
-    """Per-sample stochastic depth (timm ``drop_path``): zero the branch of whole samples, rescale the rest."""
-    if rngs is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
 class ImageBindAttention(nnx.Module):
     """torch ``nn.MultiheadAttention(width, heads, bias=True, add_bias_kv=True)`` on batch-first input."""
 
@@ -98,6 +88,7 @@ class ImageBindAttention(nnx.Module):
         c = config
         self.num_heads = c.num_heads
         self.dtype = c.dtype
+        self.implementation = c.attention_impl
         kw = dict(rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype)
         # Columns [q | k | v], head-major within each: torch ``in_proj_weight.T``.
         self.in_proj = layers.dense(c.width, 3 * c.width, ("embed", "heads"), **kw)
@@ -113,34 +104,16 @@ class ImageBindAttention(nnx.Module):
         extra_v = jnp.broadcast_to(self.bias_v[...].astype(self.dtype), (n, 1, d))
         k = jnp.concatenate([k, extra_k], axis=1)
         v = jnp.concatenate([v, extra_v], axis=1)
-        q, k, v = (constrain(layers.split_heads(t, self.num_heads), _BLHD) for t in (q, k, v))
-        out = attention.dot_product_attention(q, k, v, mask=None, is_causal=False)
-        return self.out_proj(layers.merge_heads(out))
+        return self.out_proj(layers.encoder_attention(q, k, v, self.num_heads, self.implementation))
 
 
-class ImageBindMlp(nnx.Module):
-    def __init__(self, config: ImageBindAudioConfig, *, rngs: nnx.Rngs):
-        c = config
-        kw = dict(rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype)
-        self.fc1 = layers.dense(c.width, c.mlp_dim, ("embed", "mlp"), **kw)
-        self.fc2 = layers.dense(c.mlp_dim, c.width, ("mlp", "embed"), **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(constrain(jax.nn.gelu(self.fc1(x), approximate=False), _BLM))
-
-
-class ImageBindBlock(nnx.Module):
-    def __init__(self, config: ImageBindAudioConfig, drop_path_rate: float, *, rngs: nnx.Rngs):
-        c = config
-        self.drop_path_rate = drop_path_rate
-        self.norm_1 = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-        self.attn = ImageBindAttention(c, rngs=rngs)
-        self.norm_2 = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-        self.mlp = ImageBindMlp(c, rngs=rngs)
-
-    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        x = constrain(x + drop_path(self.attn(self.norm_1(x)), self.drop_path_rate, rngs), _BLD)
-        return constrain(x + drop_path(self.mlp(self.norm_2(x)), self.drop_path_rate, rngs), _BLD)
+def imagebind_block(config: ImageBindAudioConfig, drop_path_rate: float, *, rngs: nnx.Rngs) -> layers.PreNormBlock:
+    """One pre-LN block: ``norm_1``, ``attn`` (:class:`ImageBindAttention`), ``norm_2``, ``mlp`` (``fc1``/``fc2``)."""
+    c = config
+    return layers.PreNormBlock(
+        ImageBindAttention(c, rngs=rngs), width=c.width, mlp_dim=c.mlp_dim, eps=c.layer_norm_eps, rngs=rngs,
+        norm_names=("norm_1", "norm_2"), drop_path_rate=drop_path_rate, dtype=c.dtype, param_dtype=c.param_dtype,
+    )
 
 
 class ImageBindAudio(nnx.Module):
@@ -169,7 +142,7 @@ class ImageBindAudio(nnx.Module):
         self.pos_embed = nnx.Param(
             init(rngs.params(), (1, c.num_tokens, c.width), c.param_dtype), logical_axes=(None, "positions", "embed")
         )
-        self.blocks = nnx.List([ImageBindBlock(c, rate, rngs=rngs) for rate in c.drop_path_rates()])
+        self.blocks = nnx.List([imagebind_block(c, rate, rngs=rngs) for rate in c.drop_path_rates()])
         self.head_norm = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
         self.head_proj = layers.dense(
             c.width, c.out_dim, ("embed", "kv_embed"), rngs=rngs, use_bias=False, dtype=c.dtype,

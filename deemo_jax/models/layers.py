@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deemo_jax.models import attention
+from deemo_jax.sharding import constrain
+
 Dtype = Any
+
+_BLD = ("activation_batch", "activation_length", "activation_embed")
+_BLM = ("activation_batch", "activation_length", "activation_mlp")
+_BLHD = ("activation_batch", "activation_length", "activation_heads", None)
 
 DEFAULT_KERNEL_INIT = nnx.initializers.normal(0.02)
 
@@ -71,3 +78,74 @@ def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
 def merge_heads(x: jax.Array) -> jax.Array:
     """[..., L, H, D] -> [..., L, H*D]."""
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def drop_path(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    """Per-sample stochastic depth (timm ``drop_path``): zero the branch of whole samples, rescale the rest.
+
+    A no-op (``x`` itself) when ``rngs`` is None (eval) or ``rate`` is 0.
+    """
+    if rngs is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def encoder_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, implementation: str | None
+) -> jax.Array:
+    """Unmasked multi-head attention of the ViT encoders on packed ``[N, L, H*D]`` projections -> ``[N, L, H*D]``."""
+    q, k, v = (constrain(split_heads(t, num_heads), _BLHD) for t in (q, k, v))
+    out = attention.dot_product_attention(q, k, v, mask=None, is_causal=False, implementation=implementation)
+    return merge_heads(out)
+
+
+class Mlp(nnx.Module):
+    """ViT MLP: ``fc1`` -> exact (erf) GELU -> ``fc2``."""
+
+    def __init__(
+        self, width: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32
+    ):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.fc1 = dense(width, mlp_dim, ("embed", "mlp"), **kw)
+        self.fc2 = dense(mlp_dim, width, ("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(constrain(jax.nn.gelu(self.fc1(x), approximate=False), _BLM))
+
+
+class PreNormBlock(nnx.Module):
+    """Pre-LN ViT block: ``x + drop_path(attn(norm_a(x)))``, then ``x + drop_path(mlp(norm_b(x)))``.
+
+    ``attn`` is the model's own attention module (``[N, L, width] -> [N, L, width]``; EVA's fused qkv with q/v
+    biases, ImageBind's ``add_bias_kv``), built by the caller before this block so that parameter initialisation
+    draws in the same order as a block that builds it itself. ``norm_names`` are the attribute names of the two
+    LayerNorms, i.e. their parameter paths (the checkpoint converters map onto them: EVA ``norm1``/``norm2``,
+    ImageBind ``norm_1``/``norm_2``). ``drop_path_rate`` applies only when call-time ``rngs`` are given.
+    """
+
+    def __init__(
+        self,
+        attn: nnx.Module,
+        *,
+        width: int,
+        mlp_dim: int,
+        eps: float,
+        rngs: nnx.Rngs,
+        norm_names: tuple[str, str] = ("norm1", "norm2"),
+        drop_path_rate: float = 0.0,
+        dtype: Dtype = jnp.float32,
+        param_dtype: Dtype = jnp.float32,
+    ):
+        self.norm_names = norm_names
+        self.drop_path_rate = drop_path_rate
+        setattr(self, norm_names[0], LayerNorm(width, eps=eps, param_dtype=param_dtype))
+        self.attn = attn
+        setattr(self, norm_names[1], LayerNorm(width, eps=eps, param_dtype=param_dtype))
+        self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        norm_a, norm_b = (getattr(self, name) for name in self.norm_names)
+        x = constrain(x + drop_path(self.attn(norm_a(x)), self.drop_path_rate, rngs), _BLD)
+        return constrain(x + drop_path(self.mlp(norm_b(x)), self.drop_path_rate, rngs), _BLD)

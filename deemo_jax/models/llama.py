@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -99,10 +98,6 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: head_dim {self.head_dim} must be even for rotary embeddings")
-        if self.attention_impl not in attention.IMPLEMENTATIONS:
-            raise ValueError(
-                f"LlamaConfig.attention_impl must be one of {attention.IMPLEMENTATIONS}, got {self.attention_impl!r}"
-            )
 
     @property
     def head_dim(self) -> int:
@@ -144,76 +139,6 @@ class LlamaConfig:
             max_position_embeddings=128,
         )
         return cls(**{**base, **overrides})
-
-    @classmethod
-    def from_hf_config(cls, d: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-        """Read a Hugging Face LLaMA ``config.json`` dict; ``overrides`` set dtype, param_dtype, remat, ...
-
-        Rejects what this implementation does not compute (RoPE scaling, biases, tied embeddings, another
-        activation, a head_dim other than hidden/heads) instead of silently producing different numbers.
-        """
-        if not isinstance(d, Mapping):
-            raise ValueError(f"from_hf_config expects the parsed config.json dict, got {type(d).__name__}")
-        required = (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-        )
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise ValueError(f"from_hf_config: config.json lacks {missing}; is this a LLaMA config?")
-        model_type = d.get("model_type", "llama")
-        if model_type != "llama":
-            raise ValueError(f"from_hf_config: model_type {model_type!r} is not supported (expected 'llama')")
-        rope_theta = d.get("rope_theta")
-        # transformers >= 5 writes {"rope_type": ..., "rope_theta": ...} under rope_parameters.
-        for field in ("rope_scaling", "rope_parameters"):
-            rope = d.get(field)
-            if rope is None:
-                continue
-            if not isinstance(rope, Mapping):
-                raise ValueError(f"from_hf_config: {field} must be a dict or null, got {rope!r}")
-            rope_type = rope.get("rope_type", rope.get("type", "default"))
-            if rope_type != "default":
-                raise ValueError(
-                    f"from_hf_config: {field} with rope_type {rope_type!r} ({dict(rope)}) is not supported; "
-                    "only plain RoPE (rope_type 'default' or no rope_scaling) is implemented"
-                )
-            if "rope_theta" in rope:
-                if rope_theta is not None and float(rope["rope_theta"]) != float(rope_theta):
-                    raise ValueError(
-                        f"from_hf_config: rope_theta {rope_theta} disagrees with {field}.rope_theta "
-                        f"{rope['rope_theta']}"
-                    )
-                rope_theta = rope["rope_theta"]
-        for flag in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
-            if d.get(flag, False):
-                raise ValueError(f"from_hf_config: {flag}=true is not supported by this LLaMA implementation")
-        act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"from_hf_config: hidden_act {act!r} is not supported (expected 'silu')")
-        heads = int(d["num_attention_heads"])
-        head_dim = d.get("head_dim")
-        if head_dim is not None and int(head_dim) * heads != int(d["hidden_size"]):
-            raise ValueError(
-                f"from_hf_config: head_dim {head_dim} * num_attention_heads {heads} != hidden_size "
-                f"{d['hidden_size']}; a decoupled head_dim is not supported"
-            )
-        kv_heads = d.get("num_key_value_heads")
-        kwargs = dict(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            intermediate_size=int(d["intermediate_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=heads if kv_heads is None else int(kv_heads),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=10000.0 if rope_theta is None else float(rope_theta),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        )
-        return cls(**{**kwargs, **overrides})
 
 
 @struct.dataclass

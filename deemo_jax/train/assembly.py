@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from deemo_jax import sharding
-from deemo_jax.convert.converted import load_converted
+from deemo_jax.convert.converted import load_converted, read_manifest
 from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
 from deemo_jax.train import checkpointing
 from deemo_jax.train.config import FROZEN_CHECKPOINTS, ConfigError
@@ -70,8 +70,6 @@ def _pure_subset(pure: dict, names: list[str]) -> dict:
 
 
 def _converted_components(directory: str) -> list[str]:
-    from deemo_jax.convert.converted import read_manifest
-
     return list(read_manifest(directory)["components"])
 
 

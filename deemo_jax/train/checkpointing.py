@@ -23,6 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from deemo_jax.convert.common import compare_shapes, mismatch_report
+
 LAYOUT_VERSION = 1
 ITEMS = ("trainable", "opt_state", "data_iter", "meta")
 
@@ -45,21 +47,30 @@ def _tree(metadata: Any) -> Any:
 
 
 def _compare(item: str, stored: Any, target: Any, where: Path) -> None:
-    s, t = _flat_paths(stored), _flat_paths(target)
-    missing = sorted(set(t) - set(s))
-    extra = sorted(set(s) - set(t))
-    shapes = [f"{k}: stored {s[k]}, model {t[k]}" for k in sorted(set(s) & set(t)) if s[k] != t[k]]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing from the checkpoint: {missing[:6]}")
-        if extra:
-            parts.append(f"{len(extra)} not in the model: {extra[:6]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {shapes[:6]}")
+    missing, extra, shapes = compare_shapes(_flat_paths(stored), _flat_paths(target))
+    report = mismatch_report(
+        missing,
+        extra,
+        shapes,
+        missing_label="missing from the checkpoint",
+        unexpected_label="not in the model",
+        expected_label="model",
+        actual_label="stored",
+        limit=6,
+    )
+    if report:
         raise CheckpointMismatchError(
             f"checkpoint {where} item {item!r} does not fit this run (same trainable rules and model config "
-            "needed to resume; start a new workdir otherwise): " + "; ".join(parts)
+            "needed to resume; start a new workdir otherwise): " + report
+        )
+
+
+def check_layout(meta: dict, where: Path) -> None:
+    """A checkpoint's ``meta`` item must be of the layout this version reads."""
+    if meta.get("layout_version") != LAYOUT_VERSION:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} has layout version {meta.get('layout_version')}, this deemo-jax reads "
+            f"{LAYOUT_VERSION}; use the deemo-jax version that wrote it"
         )
 
 
@@ -106,11 +117,7 @@ class TrainCheckpointer:
         """(trainable, opt_state, meta) of ``step`` restored into the given states' structure and ``shardings``
         (trees like the states with a ``NamedSharding`` per leaf); ``data_iter`` is restored in place."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if meta.get("layout_version") != LAYOUT_VERSION:
-            raise CheckpointMismatchError(
-                f"checkpoint {self.directory}/{step} has layout version {meta.get('layout_version')}, this deemo-jax "
-                f"reads {LAYOUT_VERSION}; use the deemo-jax version that wrote it"
-            )
+        check_layout(meta, self.directory / str(step))
         targets = {}
         for item, state, sh in (("trainable", trainable, shardings[0]), ("opt_state", opt_state, shardings[1])):
             target = nnx.to_pure_dict(

@@ -1,9 +1,11 @@
 """``scripts/train.py``: parse ``--config=configs/X.py[:variant]`` plus ``--config.a.b=v`` overrides, validate,
 start ``jax.distributed`` when asked, train.
 
-Exit status: 0 done; 2 bad config or command line (one line on stderr saying what and how to fix, printed
-before anything is compiled); 1 training stopped on a non-finite loss/gradient (the message names the step and
-the modules; the last good checkpoint is kept).
+Exit status (``deemo_jax.exit_codes``, docs/exit_codes.md): 0 done; 2 bad config or command line (one line on
+stderr saying what and how to fix, printed before anything is compiled or any folder is created); 3 a corrupt
+shard record (the message names the shard file and record index; ``data.skip_corrupt_records=True`` skips and
+counts them instead); 4 training stopped on a non-finite loss/gradient (the message names the step and the
+modules; the last good checkpoint is kept); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
-from deemo_jax import cli
+from deemo_jax import cli, exit_codes
+from deemo_jax.data.pipeline import CorruptRecordError
 from deemo_jax.train.config import ConfigError, check_config, check_mesh
 
-EXIT_OK, EXIT_NON_FINITE, EXIT_CONFIG = 0, 1, 2
 USAGE = "usage: python scripts/train.py --config=configs/instruct.py[:variant] [--config.KEY=VALUE ...]"
 
 
@@ -31,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         check_config(cfg)
+        # JAX and the trainer are imported only after the config is found good: a bad config is reported in
+        # well under a second, before JAX (seconds) loads.
         from deemo_jax.train.distributed import maybe_initialize
 
         maybe_initialize(cfg)
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_mesh(cfg, jax.device_count(), jax.process_count())
     except ConfigError as e:
         print(f"train.py: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_codes.USAGE
 
     import jax
 
@@ -55,17 +59,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(cfg)
     except ConfigError as e:
         print(f"train.py: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_codes.USAGE
+    except CorruptRecordError as e:
+        print(f"train.py: bad data: {cli.one_line(e)}", file=sys.stderr)
+        return exit_codes.BAD_DATA
     except NonFiniteError as e:
         print(f"train.py: {e}", file=sys.stderr)
-        return EXIT_NON_FINITE
+        return exit_codes.NON_FINITE
+    except KeyboardInterrupt:
+        print("train.py: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return exit_codes.INTERRUPTED
     if jax.process_index() == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         print(f"done: {result.step} steps in {result.workdir}, final loss {loss}, wall time {result.wall_s:.0f} s")
+        if result.corrupt_records:
+            print(f"skipped {len(result.corrupt_records)} corrupt shard record(s) (data.skip_corrupt_records): "
+                  f"{', '.join(result.corrupt_records[:5])}{' ...' if len(result.corrupt_records) > 5 else ''}")
         if result.eval_metrics is not None:
             m = result.eval_metrics
             print(
                 f"eval ({cfg.eval.split}): accuracy {m['accuracy']:.4f}, weighted F1 {m['weighted_f1']:.4f}, "
                 f"macro F1 {m['macro_f1']:.4f}, unparseable {m['n_unparseable']}"
             )
-    return EXIT_OK
+    return exit_codes.OK

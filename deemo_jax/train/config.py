@@ -1,8 +1,9 @@
 """The training config schema (``ml_collections``) and its translation into model / data / mesh settings.
 
-``base_config()`` defines every key (``configs/*.py`` fill in values and lock the dict, so an unknown key on
-the command line is an error). :func:`check_config` validates values and files *before* JAX builds anything
-and raises :class:`ConfigError` with one line saying what is wrong and how to fix it.
+``base_config()`` defines every key, with the paper's recipe as the values (DEEMO-LLaMA instruction tuning:
+AffectGPT stage 3, reference_spec §10.4); ``configs/*.py`` state only what differs and lock the dict, so an
+unknown key on the command line is an error. :func:`check_config` validates values and files *before* JAX
+builds anything and raises :class:`ConfigError` with one line saying what is wrong and how to fix it.
 
 Batch terms: ``train.global_batch_size`` examples per optimizer step, split into ``train.grad_accum_steps``
 micro-batches; each micro-batch is spread over the processes (``micro_batch / process_count`` rows each) and
@@ -12,7 +13,6 @@ over the ``data x fsdp`` mesh axes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -21,13 +21,15 @@ from typing import Any
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
+from deemo_jax import sharding
+from deemo_jax.convert.converted import ConvertedCheckpointError, read_manifest
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig, with_shard_facts
 from deemo_jax.data.prompts import TASKS
 from deemo_jax.models import attention
-from deemo_jax.models.deemo_llama import DeemoLlamaConfig
+from deemo_jax.models.deemo_llama import PAPER_TRAINABLE, PRESETS, DeemoLlamaConfig
 from deemo_jax.models.llama import LlamaConfig
+from deemo_jax.train.evaluators import evaluator_exists
 
-PRESETS = ("deemo_7b", "tiny")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config key under ``checkpoints`` -> (DeemoLlama components it restores, converter --source kind).
 FROZEN_CHECKPOINTS = {
@@ -46,7 +48,7 @@ class ConfigError(ValueError):
 
 
 def base_config() -> ConfigDict:
-    """Every key a training config has, with neutral defaults (configs/*.py set the recipe values)."""
+    """Every key a training config has; the values are the paper's recipe (the one place it is stated)."""
     c = ConfigDict()
     c.workdir = ""
     c.seed = 0
@@ -57,41 +59,44 @@ def base_config() -> ConfigDict:
             use_video=True,
             use_audio=True,
             remat=False,
-            # LLM attention: "" (auto: per-head loop on CPU, XLA on GPU), "xla", "looped", "cudnn" (GPU, bf16).
+            # Attention of the ViT, ImageBind and the LLM: "" (auto: per-head loop on CPU, XLA on GPU), "xla",
+            # "looped", "cudnn" (GPU, bf16).
             attention_impl="",
             # Frozen parts without a checkpoint are randomly initialised only when this is True (demo, tests).
             random_frozen=False,
-            # Sizes of the "tiny" preset (ignored by deemo_7b); vocab_size 0 = the tokenizer's vocabulary.
-            tiny=ConfigDict(
-                dict(vocab_size=0, llm_hidden=32, llm_mlp=64, llm_layers=2, llm_heads=4, llm_kv_heads=2,
-                     vit_depth=2, audio_depth=2, qformer_layers=2)
-            ),
+            # Field overrides on the preset (deemo_jax.models.deemo_llama.PRESETS), nested like DeemoLlamaConfig,
+            # e.g. {"llm": {"num_hidden_layers": 1}}.
+            overrides=ConfigDict(),
         )
     )
-    c.checkpoints = ConfigDict(
-        dict(eva_vit="", blip2="", imagebind="", llm="",
-             # Trainable branches from a converted video-llama directory or a previous run's workdir.
-             init_trainable="")
-    )
-    c.trainable = ()
+    c.checkpoints = ConfigDict(dict(eva_vit="", blip2="", imagebind="", llm="", init_trainable=""))
+    # The paper's freezing: only these modules train (patterns over parameter paths, deemo_jax/train/partition.py).
+    c.trainable = tuple(PAPER_TRAINABLE)
     c.data = ConfigDict(
         dict(shard_dir="", split="train", tokenizer_path="", max_length=512, seed=0, use_audio=True,
              use_video=True, use_transcription=True, nfbl_as_text=False, task="reasoning", instructions=(),
-             labels=(), num_frames=8, num_audio_clips=8, overlong_policy="truncate_transcription",
-             worker_count=0, worker_buffer_size=2, read_threads=4, read_buffer_size=32)
+             labels=(), num_frames=0, num_audio_clips=0, overlong_policy="truncate_transcription",
+             worker_count=0, worker_buffer_size=2, read_threads=4, read_buffer_size=32,
+             # Stop on a corrupt shard record (exit 3, naming file and index), or skip and count it.
+             skip_corrupt_records=False)
     )
+    # Paper: batch size 2 on one A100; 10k steps are ~12 epochs of DEEMO-MER's ~1.6k training clips (our choice).
+    # dropout: Q-Former dropout 0.1 (reference_spec §10.5).
     c.train = ConfigDict(
-        dict(global_batch_size=2, grad_accum_steps=1, total_steps=1000, log_every=10, checkpoint_every=500,
+        dict(global_batch_size=2, grad_accum_steps=1, total_steps=10_000, log_every=10, checkpoint_every=500,
              keep_checkpoints=3, async_checkpointing=True, dropout=True, progress_bar=True,
              compilation_cache_dir="~/.cache/deemo-jax/xla")
     )
+    # AffectGPT stage 3: 1000 warm-up steps, cosine 3e-5 -> 1e-5. The reference does not clip gradients (0 = off).
     c.optim = ConfigDict(
         dict(init_lr=3e-5, min_lr=1e-5, warmup_lr=1e-6, warmup_steps=1000, weight_decay=0.05, b1=0.9,
              b2=0.999, eps=1e-8, grad_clip=1.0)
     )
+    # Frozen LLM and encoders sharded over fsdp (all devices by default), the batch over data x fsdp.
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.distributed = ConfigDict(dict(coordinator_address="", num_processes=1, process_id=0))
-    c.eval = ConfigDict(dict(at_end=False, split="test", batch_size=8, max_new_tokens=16))
+    # ``type`` names the evaluator module run at the end (deemo_jax/eval/evaluators/<type>.py).
+    c.eval = ConfigDict(dict(at_end=False, type="recognition", split="test", batch_size=8, max_new_tokens=16))
     return c
 
 
@@ -137,17 +142,13 @@ def built_components(cfg: ConfigDict) -> tuple[str, ...]:
 
 
 def _check_converted(key: str, value: str, kind: str) -> None:
-    directory = _path(value)
     fix = f"convert it with scripts/convert_checkpoint.py --source {kind} --output DIR and pass --config.{key}=DIR"
-    if not directory.exists():
+    if not _path(value).exists():
         _fail(f"config.{key} = {value!r} does not exist; {fix}")
-    manifest = directory / "manifest.json"
-    if not manifest.is_file():
-        _fail(f"config.{key} = {value!r} has no manifest.json (not a converted checkpoint or an unfinished one); {fix}")
     try:
-        found = json.loads(manifest.read_text()).get("kind")
-    except (json.JSONDecodeError, AttributeError):
-        _fail(f"config.{key}: {manifest} is not valid JSON; {fix}")
+        found = read_manifest(_path(value)).get("kind")
+    except ConvertedCheckpointError as e:
+        _fail(f"config.{key}: {e} ({fix})")
     if found != kind:
         _fail(f"config.{key} = {value!r} holds a {found!r} checkpoint, expected {kind!r}; {fix}")
 
@@ -158,7 +159,11 @@ def check_config(cfg: ConfigDict) -> None:
         _fail("config.workdir is empty; set --config.workdir=DIR (checkpoints, logs and plots go there)")
     m = cfg.model
     if m.preset not in PRESETS:
-        _fail(f"config.model.preset = {m.preset!r}: must be one of {PRESETS}")
+        _fail(f"config.model.preset = {m.preset!r}: use one of {sorted(PRESETS)} (deemo_jax/models/deemo_llama.py)")
+    try:
+        DeemoLlamaConfig.preset(m.preset, m.overrides.to_dict())
+    except (TypeError, ValueError) as e:
+        _fail(f"config.model.overrides: {' '.join(str(e).split())}; fix the field names (see DeemoLlamaConfig)")
     if m.frozen_dtype not in DTYPES:
         _fail(f"config.model.frozen_dtype = {m.frozen_dtype!r}: must be one of {sorted(DTYPES)}")
     named = [impl for impl in attention.IMPLEMENTATIONS if impl]
@@ -178,13 +183,9 @@ def check_config(cfg: ConfigDict) -> None:
         if not isinstance(value, int) or not 0 <= value < 2**32:
             _fail(f"config.{key} = {value!r}: must be an integer in [0, 2**32)")
     for key in ("train.global_batch_size", "train.grad_accum_steps", "train.total_steps", "train.log_every",
-                "train.checkpoint_every", "train.keep_checkpoints", "data.max_length", "data.num_frames",
-                "data.num_audio_clips", "eval.batch_size", "eval.max_new_tokens", "distributed.num_processes"):
+                "train.checkpoint_every", "train.keep_checkpoints", "data.max_length", "eval.batch_size",
+                "eval.max_new_tokens", "distributed.num_processes"):
         _positive_int(cfg, key)
-    if m.preset == "tiny":
-        for key in m.tiny.keys():
-            if key != "vocab_size":
-                _positive_int(cfg, f"model.tiny.{key}")
     t = cfg.train
     if t.global_batch_size % t.grad_accum_steps:
         _fail(
@@ -201,17 +202,19 @@ def check_config(cfg: ConfigDict) -> None:
     for key in ("b1", "b2"):
         if not 0 <= o[key] < 1:
             _fail(f"config.optim.{key} = {o[key]!r}: must be in [0, 1)")
-    for axis in ("data", "fsdp", "tensor"):
-        value = cfg.mesh[axis]
-        if not isinstance(value, int) or (value < 1 and value != -1):
-            _fail(f"config.mesh.{axis} = {value!r}: must be a positive integer or -1 (fill from the device count)")
-    if [cfg.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) > 1:
-        _fail("config.mesh: at most one of data/fsdp/tensor may be -1")
+    fixed = [v for v in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if isinstance(v, int) and v > 0]
+    try:  # the device count is not known yet: any count the fixed axes divide checks the values and the -1 rule
+        sharding.mesh_sizes(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, math.prod(fixed))
+    except ValueError as e:
+        _fail(f"config.{e}")
     d = cfg.data
     if d.task not in TASKS:
         _fail(f"config.data.task = {d.task!r}: must be one of {TASKS}")
     if d.overlong_policy not in OVERLONG_POLICIES:
         _fail(f"config.data.overlong_policy = {d.overlong_policy!r}: must be one of {OVERLONG_POLICIES}")
+    if cfg.eval.at_end and not evaluator_exists(cfg.eval.type):
+        _fail(f"config.eval.type = {cfg.eval.type!r}: no module deemo_jax/eval/evaluators/{cfg.eval.type}.py; "
+              "use 'recognition' or add that evaluator module")
     if not cfg.trainable:
         _fail("config.trainable is empty; list the parameter path patterns to train (e.g. ('video_qformer',))")
     if not isinstance(cfg.trainable, tuple | list) or not all(isinstance(p, str) for p in cfg.trainable):
@@ -226,6 +229,14 @@ def check_config(cfg: ConfigDict) -> None:
     for split in [d.split] + ([cfg.eval.split] if cfg.eval.at_end else []):
         if not any(p.name.startswith(split) and p.name.endswith(".array_record") for p in shards.iterdir()):
             _fail(f"config.data.shard_dir = {d.shard_dir!r} has no {split!r} shards ({split}*.array_record)")
+    for key in ("num_frames", "num_audio_clips"):
+        value = d[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            _fail(f"config.data.{key} = {value!r}: set it to 0 (read from the shards' metadata.json) or to the count")
+    try:
+        with_shard_facts(DataConfig(shard_dir=str(shards), num_frames=d.num_frames, num_audio_clips=d.num_audio_clips))
+    except ValueError as e:
+        _fail(str(e))
     tok = tokenizer_path(cfg)
     if not tok:
         _fail("config.data.tokenizer_path is empty and config.checkpoints.llm is not set; pass the tokenizer dir")
@@ -252,20 +263,10 @@ def check_config(cfg: ConfigDict) -> None:
 
 def check_mesh(cfg: ConfigDict, device_count: int, process_count: int) -> tuple[int, int, int]:
     """Mesh sizes (data, fsdp, tensor) for ``device_count`` devices, and batch divisibility checks."""
-    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if device_count % known:
-            _fail(
-                f"config.mesh {tuple(sizes)}: the fixed axes (product {known}) do not divide the {device_count} "
-                "devices; pick sizes whose product divides the device count"
-            )
-        sizes[sizes.index(-1)] = device_count // known
-    if math.prod(sizes) != device_count:
-        _fail(
-            f"config.mesh data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} but there are "
-            f"{device_count} devices; set --config.mesh.* so the product is {device_count} (or use -1 for one axis)"
-        )
+    try:
+        sizes = sharding.mesh_sizes(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, device_count)
+    except ValueError as e:
+        _fail(f"config.{e}")
     micro = cfg.train.global_batch_size // cfg.train.grad_accum_steps
     batch_shards = sizes[0] * sizes[1]
     if micro % batch_shards or micro % process_count:
@@ -279,8 +280,7 @@ def check_mesh(cfg: ConfigDict, device_count: int, process_count: int) -> tuple[
 # ---------------------------------------------------------------------------------------- translation
 def llm_config_from_manifest(directory: str) -> LlamaConfig:
     """The LLaMA config stored in a converted hf-llama directory's manifest (structural fields)."""
-    manifest = json.loads((_path(directory) / "manifest.json").read_text())
-    stored = manifest["components"]["llama"]["config"]
+    stored = read_manifest(_path(directory))["components"]["llama"]["config"]
     fields = {f.name for f in dataclasses.fields(LlamaConfig)} - {"dtype", "param_dtype", "remat", "attention_impl"}
     return LlamaConfig(**{k: v for k, v in stored.items() if k in fields})
 
@@ -288,31 +288,19 @@ def llm_config_from_manifest(directory: str) -> LlamaConfig:
 def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
     """The ``DeemoLlamaConfig`` of a (validated) config; ``vocab_size`` is the tokenizer's base vocabulary."""
     m = cfg.model
-    frozen_dtype = DTYPES[m.frozen_dtype]
+    runtime: dict[str, Any] = {"frozen_dtype": DTYPES[m.frozen_dtype]}
     if m.preset == "deemo_7b":
-        base = DeemoLlamaConfig.deemo_7b(frozen_dtype=frozen_dtype)
-        llm = llm_config_from_manifest(cfg.checkpoints.llm) if cfg.checkpoints.llm else base.llm
-    else:
-        t = m.tiny
-        base = DeemoLlamaConfig.tiny(frozen_dtype=frozen_dtype)
-        llm = LlamaConfig.tiny(
-            vocab_size=t.vocab_size or vocab_size, hidden_size=t.llm_hidden, intermediate_size=t.llm_mlp,
-            num_hidden_layers=t.llm_layers, num_attention_heads=t.llm_heads, num_key_value_heads=t.llm_kv_heads,
-            max_position_embeddings=max(cfg.data.max_length, 128),
-        )
-        r = dataclasses.replace
-        base = r(
-            base,
-            vit=r(base.vit, depth=t.vit_depth),
-            image_qformer=r(base.image_qformer, num_layers=t.qformer_layers),
-            video_qformer=r(base.video_qformer, num_layers=t.qformer_layers),
-            audio_encoder=r(base.audio_encoder, depth=t.audio_depth),
-            audio_qformer=r(base.audio_qformer, num_layers=t.qformer_layers),
-        )
-    llm = dataclasses.replace(llm, remat=m.remat, attention_impl=m.attention_impl or None)
-    video = dict(vit=None, image_qformer=None, video_qformer=None) if not m.use_video else {}
-    audio = dict(audio_encoder=None, audio_qformer=None) if not m.use_audio else {}
-    return dataclasses.replace(base, llm=llm, **video, **audio)
+        if cfg.checkpoints.llm:
+            runtime["llm"] = llm_config_from_manifest(cfg.checkpoints.llm)
+    else:  # the small presets: the tokenizer's vocabulary, positions covering data.max_length
+        runtime["llm"] = {"vocab_size": vocab_size, "max_position_embeddings": max(cfg.data.max_length, 128)}
+    config = DeemoLlamaConfig.preset(m.preset, runtime).with_overrides(m.overrides.to_dict())
+    config = config.with_overrides({"llm": {"remat": m.remat}}).with_attention_impl(m.attention_impl or None)
+    if not m.use_video:
+        config = config.with_overrides({"vit": None, "image_qformer": None, "video_qformer": None})
+    if not m.use_audio:
+        config = config.with_overrides({"audio_encoder": None, "audio_qformer": None})
+    return config
 
 
 def data_config(cfg: ConfigDict, model: DeemoLlamaConfig, *, batch_size: int, split: str | None = None) -> DataConfig:
@@ -322,7 +310,7 @@ def data_config(cfg: ConfigDict, model: DeemoLlamaConfig, *, batch_size: int, sp
     fields["shard_dir"] = str(_path(fields["shard_dir"]))
     if split is not None:
         fields["split"] = split
-    data = DataConfig.from_mapping(fields)
+    data = with_shard_facts(DataConfig.from_mapping(fields))
     return dataclasses.replace(
         data,
         batch_size=batch_size,

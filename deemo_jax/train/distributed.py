@@ -54,7 +54,7 @@ def maybe_initialize(cfg: ConfigDict) -> bool:
     settings = distributed_settings(cfg)
     if settings is None:
         return False
-    import jax
+    import jax  # here, not at the top: train/cli.py checks the config before JAX is imported (seconds)
 
     jax.distributed.initialize(**settings)
     return True

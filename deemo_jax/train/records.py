@@ -69,6 +69,7 @@ class MetricsWriter:
         self._file = self._tb = self._bar = None
         if not enabled:
             return
+        # Only the writing process needs these; the others skip their import (TensorBoard's is slow).
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
@@ -122,7 +123,7 @@ class ExampleLog:
 
 def plot_loss(metrics_path: str | Path, png_path: str | Path) -> None:
     """Training loss per step (and its moving average) as a PNG."""
-    import matplotlib
+    import matplotlib  # once per run, at its end: matplotlib's import costs a second or two
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from deemo_jax.models.deemo_llama import IGNORE_INDEX
+from deemo_jax.data.pipeline import IGNORE_INDEX
 
 Batch = Mapping[str, jax.Array]
 

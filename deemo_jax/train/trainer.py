@@ -31,16 +31,19 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from deemo_jax import sharding
-from deemo_jax.data.pipeline import DataIterator, make_iterator, read_label_set
+from deemo_jax.data.pipeline import CorruptRecordError, DataIterator, make_iterator
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
-from deemo_jax.models.deemo_llama import DeemoLlamaConfig, check_inputs
+from deemo_jax.files import write_atomic
+from deemo_jax.models.deemo_llama import check_inputs
 from deemo_jax.train import records
 from deemo_jax.train.assembly import AssembledModel, assemble_model, snapshot_random_frozen
 from deemo_jax.train.checkpointing import TrainCheckpointer, checkpoint_dir
 from deemo_jax.train.config import ConfigError, check_mesh, data_config, model_config, tokenizer_path
+from deemo_jax.train.evaluators import get_evaluator
 from deemo_jax.train.flops import example_flops, peak_flops_per_device
 from deemo_jax.train.optimizer import make_optimizer
 from deemo_jax.train.partition import batch_sharding, replicated, state_shardings
+from deemo_jax.train.runs import setup_compilation_cache
 from deemo_jax.train.step import make_train_step
 
 logger = logging.getLogger(__name__)
@@ -59,16 +62,7 @@ class TrainResult:
     final_loss: float | None  # loss of the last step run by this call (None if none ran)
     wall_s: float
     eval_metrics: dict | None
-
-
-def setup_compilation_cache(directory: str) -> None:
-    """JAX's persistent compilation cache: a restarted run (e.g. after preemption) skips compilation."""
-    if not directory:
-        return
-    path = Path(os.path.expanduser(directory))
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    corrupt_records: list[str] = dataclasses.field(default_factory=list)  # skipped (data.skip_corrupt_records)
 
 
 def _step_batch(iterator: DataIterator, accum: int) -> tuple[dict[str, np.ndarray], list, list]:
@@ -152,7 +146,6 @@ def train(cfg: ConfigDict) -> TrainResult:
     process, num_processes = jax.process_index(), jax.process_count()
     mesh_sizes = check_mesh(cfg, jax.device_count(), num_processes)
     setup_compilation_cache(cfg.train.compilation_cache_dir)
-    workdir.mkdir(parents=True, exist_ok=True)
 
     accum = cfg.train.grad_accum_steps
     micro_global = cfg.train.global_batch_size // accum
@@ -164,15 +157,19 @@ def train(cfg: ConfigDict) -> TrainResult:
         data_cfg = data_config(cfg, model_cfg, batch_size=micro_global // num_processes)
         iterator = make_iterator(data_cfg, mode="train", tokenizer=tokenizer, shard_index=process,
                                  shard_count=num_processes)
+    except CorruptRecordError:
+        raise
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(" ".join(str(e).split())) from None
     total_steps = cfg.train.total_steps
     mesh = sharding.make_mesh(*mesh_sizes)
-    if process == 0:
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
     with jax.set_mesh(mesh), sharding.logical_rules():
         asm = assemble_model(cfg, model_cfg, mesh)
+        # The workdir is created only once the config, the data and the model's trainable rules are found good.
+        workdir.mkdir(parents=True, exist_ok=True)
+        if process == 0:
+            write_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2, sort_keys=True) + "\n")
         snapshot_random_frozen(cfg, asm)
         for name, source in sorted(asm.sources.items()):
             logger.info("%-32s %s, %s", name, "trainable" if name in asm.trainable_modules else "frozen", source)
@@ -232,6 +229,7 @@ def train(cfg: ConfigDict) -> TrainResult:
             record = {
                 "step": done, "loss": loss, "lr": float(schedule(done - 1)), "grad_norm": grad_norm,
                 "step_time_s": step_time, "supervised_tokens": int(host["supervised_tokens"]),
+                "corrupt_records_skipped": len(iterator.corrupt_records),
             }
             if step_time > 0:
                 record["tokens_per_s"] = tokens_per_s
@@ -273,20 +271,11 @@ def train(cfg: ConfigDict) -> TrainResult:
         eval_metrics = None
         if process == 0 and (workdir / records.METRICS_FILE).is_file():
             records.plot_loss(workdir / records.METRICS_FILE, workdir / records.LOSS_PLOT)
+        if iterator.corrupt_records:
+            logger.warning("%d corrupt shard record(s) skipped (data.skip_corrupt_records): %s",
+                           len(iterator.corrupt_records), iterator.corrupt_records[:20])
         if cfg.eval.at_end:
             asm.trainable = trainable
-            eval_metrics = evaluate(cfg, model_cfg, asm, workdir)
-    return TrainResult(workdir, max(start, total_steps), final_loss, time.perf_counter() - started, eval_metrics)
-
-
-def evaluate(cfg: ConfigDict, model_cfg: DeemoLlamaConfig, asm: AssembledModel, workdir: Path) -> dict:
-    """Emotion recognition on ``eval.split`` with the trained model (the evaluation package's contract)."""
-    from deemo_jax.eval.evaluate import evaluate_recognition
-
-    data = data_config(cfg, model_cfg, batch_size=cfg.eval.batch_size, split=cfg.eval.split)
-    labels = tuple(cfg.data.labels) or read_label_set(data.shard_dir)
-    metrics = evaluate_recognition(
-        asm.merge(), data, labels=labels, output_dir=workdir / "eval", batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens,
-    )
-    return metrics
+            eval_metrics = get_evaluator(cfg.eval.type)(cfg, model_cfg, asm.merge(), workdir)
+    return TrainResult(workdir, max(start, total_steps), final_loss, time.perf_counter() - started, eval_metrics,
+                       list(iterator.corrupt_records))

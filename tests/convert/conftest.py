@@ -15,7 +15,13 @@ from deemo_jax.models.deemo_llama import DeemoLlamaConfig
 _TINY = DeemoLlamaConfig.tiny()
 # kind -> (source file/dir name, extra CLI arguments: head counts are not in the shapes of a tiny model)
 KIND_ARGS = {
-    "eva-vit-g": ("eva_vit_g.pth", ["--override", f"visual_encoder.num_heads={_TINY.vit.num_heads}"]),
+    # The tiny file has depth + 1 blocks like the real one; the depth override makes the extra block the skipped one
+    # (the real file needs no override: LAVIS's 39 blocks is the cap).
+    "eva-vit-g": (
+        "eva_vit_g.pth",
+        ["--override", f"visual_encoder.num_heads={_TINY.vit.num_heads}",
+         "--override", f"visual_encoder.depth={_TINY.vit.depth}"],
+    ),
     "blip2-qformer": (
         "blip2_pretrained_flant5xxl.pth", ["--override", f"image_qformer.num_heads={_TINY.image_qformer.num_heads}"]
     ),

@@ -3,9 +3,10 @@
 Key names are written out here from the spec (EVA, LAVIS Q-Formers, Video-LLaMA branches) or taken from the
 torch modules that define them (``transformers.LlamaForCausalLM``, the ImageBind reference), never generated
 from the mappings under test, so a wrong name in a mapping shows up as a missing/unexpected key. Files carry
-what the real ones carry besides the weights: ``blocks.39``-style extra EVA block, BLIP-2's text FFN, word
-embeddings, ``cls`` head and ``t5_proj``, ImageBind's other modalities, buffers (``position_ids``,
-``log_logit_scale``, ``rotary_emb.inv_freq``, the text ``mask``), and the ``["model"]`` training wrapper.
+what the real ones carry besides the weights: ``blocks.39``-style extra EVA block (and, on request, EVA-CLIP's
+final ``norm``/``head``), BLIP-2's text FFN, word embeddings, ``cls`` head and ``t5_proj``, ImageBind's other
+modalities, buffers (``position_ids``, ``log_logit_scale``, ``rotary_emb.inv_freq``, the text ``mask``), and the
+``["model"]`` training wrapper.
 
 Sizes follow ``DeemoLlamaConfig.tiny()`` so converted outputs restore into a tiny ``DeemoLlama``.
 """
@@ -47,8 +48,14 @@ def _fill(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray
 
 
 # -------------------------------------------------------------------------------------------------- EVA
-def eva_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """``eva_vit_g.pth`` layout: depth + 1 blocks (the last is dropped, like ``blocks.39``)."""
+def eva_state_dict(
+    seed: int = 0, *, blocks: int | None = None, final_layers: int | None = None
+) -> dict[str, np.ndarray]:
+    """``eva_vit_g.pth`` layout: ``blocks`` blocks (default depth + 1: the last is dropped, like ``blocks.39``).
+
+    ``final_layers``: also EVA-CLIP's final ``norm.*`` and ``head.*`` (width -> ``final_layers``; 1408 -> 1024 in
+    the released file), which LAVIS ignores.
+    """
     c = TINY.vit
     w, m, p = c.width, c.mlp_dim, c.patch_size
     shapes = {
@@ -57,7 +64,7 @@ def eva_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
         "patch_embed.proj.weight": (w, 3, p, p),
         "patch_embed.proj.bias": (w,),
     }
-    for i in range(c.depth + 1):
+    for i in range(c.depth + 1 if blocks is None else blocks):
         b = f"blocks.{i}."
         shapes.update({
             f"{b}norm1.weight": (w,), f"{b}norm1.bias": (w,),
@@ -67,6 +74,11 @@ def eva_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
             f"{b}norm2.weight": (w,), f"{b}norm2.bias": (w,),
             f"{b}mlp.fc1.weight": (m, w), f"{b}mlp.fc1.bias": (m,),
             f"{b}mlp.fc2.weight": (w, m), f"{b}mlp.fc2.bias": (w,),
+        })
+    if final_layers is not None:
+        shapes.update({
+            "norm.weight": (w,), "norm.bias": (w,),
+            "head.weight": (final_layers, w), "head.bias": (final_layers,),
         })
     return _fill(shapes, seed)
 
@@ -241,8 +253,11 @@ def video_llama_state_dict(branches=("video", "audio"), seed: int = 4) -> dict[s
 
 
 # -------------------------------------------------------------------------------------------- writers
-def save_pth(path: Path, sd: dict[str, np.ndarray], *, wrap: bool = False) -> Path:
-    """``torch.save`` a state dict, optionally as a Video-LLaMA training checkpoint ``{"model": ..., ...}``."""
+def save_pth(path: Path, sd: dict[str, np.ndarray], *, wrap: bool = False, legacy: bool = False) -> Path:
+    """``torch.save`` a state dict, optionally as a Video-LLaMA training checkpoint ``{"model": ..., ...}``.
+
+    ``legacy``: torch's pre-1.6 (non-zip) format, ``_use_new_zipfile_serialization=False``.
+    """
     tensors = {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in sd.items()}
     if wrap:
         first = next(iter(tensors.values()))
@@ -256,5 +271,5 @@ def save_pth(path: Path, sd: dict[str, np.ndarray], *, wrap: bool = False) -> Pa
         }
     else:
         obj = tensors
-    torch.save(obj, path)
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path

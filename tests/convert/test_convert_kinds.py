@@ -15,6 +15,13 @@ import numpy as np
 import pytest
 from conftest import run_main
 from flax import nnx
+from torch_params import (
+    deemo_trainable_params_from_torch,
+    eva_vit_params_from_torch,
+    imagebind_audio_params_from_torch,
+    ln_vision_params_from_torch,
+    qformer_params_from_torch,
+)
 
 from deemo_jax.convert.converted import (
     ConvertedCheckpointError,
@@ -23,11 +30,7 @@ from deemo_jax.convert.converted import (
     restore_into,
     stored_tree,
 )
-from deemo_jax.convert.deemo import deemo_trainable_params_from_torch
-from deemo_jax.convert.eva_vit import eva_vit_params_from_torch
-from deemo_jax.convert.imagebind_audio import imagebind_audio_params_from_torch
 from deemo_jax.convert.llama import llama_params_from_torch
-from deemo_jax.convert.qformer import ln_vision_params_from_torch, qformer_params_from_torch
 from deemo_jax.models.deemo_llama import DeemoLlama
 from deemo_jax.models.layers import LayerNorm
 from deemo_jax.models.llama import Llama
@@ -114,7 +117,10 @@ def test_converts_verifies_and_records(kind, converted):
         assert record["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
         assert record["bytes"] == file.stat().st_size
     for key in EXPECTED_SKIPS[kind]:
-        assert manifest["skipped_keys"][key] == "ignorable", key
+        reason = manifest["skipped_keys"][key]
+        assert reason and not reason.startswith("unexpected"), (key, reason)
+        assert "skipped " in result.stdout and reason in result.stdout  # printed, one line per reason
+    assert manifest["nonfinite"] == {"allowed": False, "tensors": {}}
     assert set(manifest["converted_keys"]).isdisjoint(manifest["skipped_keys"])
     dtype = "bfloat16" if kind == "hf-llama" else "float32"
     assert manifest["dtype"] == dtype
@@ -188,7 +194,8 @@ def test_load_refuses_another_config_or_shape(converted):
         restore_into(Llama(other, rngs=nnx.Rngs(0)), out)
     abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Llama(TINY.llm, rngs=nnx.Rngs(0)))))
     abstract["lm_head"]["kernel"] = jax.ShapeDtypeStruct((TINY.llm.hidden_size, 7), jnp.float32)
-    with pytest.raises(ConvertedCheckpointError, match=r"lm_head/kernel: stored \(32, 128\), target \(32, 7\)"):
+    mismatch = r"1 shape mismatch: \[llama/lm_head/kernel: target \(32, 7\), stored \(32, 128\)\]"
+    with pytest.raises(ConvertedCheckpointError, match=mismatch):
         load_converted(out, abstract)
     with pytest.raises(ConvertedCheckpointError, match="holds.*video_qformer.*pass component="):
         load_converted(converted["video-llama"].output, {"unrelated": {}})

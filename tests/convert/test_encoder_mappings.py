@@ -9,16 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from torch_params import (
+    convert_tensor,
+    eva_vit_params_from_torch,
+    imagebind_audio_params_from_torch,
+    ln_vision_params_from_torch,
+    qformer_params_from_torch,
+)
 
 from deemo_jax.convert import torch_reference
-from deemo_jax.convert.common import CheckpointKeyError, convert_tensor
-from deemo_jax.convert.eva_vit import eva_vit_params_from_torch, expected_eva_vit_keys
-from deemo_jax.convert.imagebind_audio import (
-    LOG_LOGIT_SCALE_KEY,
-    imagebind_audio_key_table,
-    imagebind_audio_params_from_torch,
-)
-from deemo_jax.convert.qformer import expected_qformer_keys, ln_vision_params_from_torch, qformer_params_from_torch
+from deemo_jax.convert.common import CheckpointKeyError
+from deemo_jax.convert.eva_vit import expected_eva_vit_keys
+from deemo_jax.convert.imagebind_audio import LOG_LOGIT_SCALE_KEY, imagebind_audio_key_table
+from deemo_jax.convert.qformer import expected_qformer_keys
 from deemo_jax.models.eva_vit import EvaViT, EvaViTConfig
 from deemo_jax.models.imagebind_audio import ImageBindAudio, ImageBindAudioConfig
 from deemo_jax.models.qformer import QFormer, QFormerConfig

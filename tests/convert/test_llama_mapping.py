@@ -11,6 +11,7 @@ from deemo_jax.convert.common import CheckpointKeyError
 from deemo_jax.convert.llama import (
     convert_llama_tensor,
     expected_llama_keys,
+    llama_config_from_hf,
     llama_key_to_target,
     llama_params_from_torch,
 )
@@ -98,9 +99,34 @@ def test_single_tensor_conversion_for_streaming():
     assert kernel.flags["C_CONTIGUOUS"]
     target = llama_key_to_target("model.norm.weight", CONFIG)
     assert (target.path, target.torch_shape) == (("norm", "scale"), (32,))
-    with pytest.raises(CheckpointKeyError, match=r"shape mismatch for lm_head.weight: expected \(128, 32\)"):
+    mismatch = r"1 shape mismatch: \[lm_head.weight: expected \(128, 32\), got \(32, 128\)\]"
+    with pytest.raises(CheckpointKeyError, match=mismatch):
         convert_llama_tensor("lm_head.weight", np.zeros((32, 128), np.float32), CONFIG)
     for bad in ("model.layers.2.mlp.up_proj.weight", "model.layers.01.mlp.up_proj.weight",
                 "model.layers.0.mlp.up_proj.bias", "llama_model.lm_head.weight"):  # fmt: skip
         with pytest.raises(CheckpointKeyError, match="1 unexpected keys"):
             llama_key_to_target(bad, CONFIG)
+
+
+def test_hf_config_reading():
+    """Moved here with the function (it was ``LlamaConfig.from_hf_config``): reading config.json is conversion."""
+    # An old-style (transformers 4.x) Vicuna config.json: no num_key_value_heads, no rope_theta.
+    old = {
+        "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 2048, "hidden_act": "silu", "tie_word_embeddings": False,
+        "rope_scaling": None, "torch_dtype": "float16",
+    }  # fmt: skip
+    assert llama_config_from_hf(old) == LlamaConfig.vicuna_7b()
+    assert llama_config_from_hf({**old, "rope_theta": 500000.0}).rope_theta == 500000.0
+    assert llama_config_from_hf(old, remat=True).remat
+    assert not hasattr(LlamaConfig, "from_hf_config")  # one place for it: deemo_jax.convert.llama
+
+    with pytest.raises(ValueError, match="rope_scaling.*'linear'"):
+        llama_config_from_hf({**old, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    with pytest.raises(ValueError, match="rope_parameters.*'llama3'"):
+        llama_config_from_hf({**old, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        llama_config_from_hf({**old, "tie_word_embeddings": True})
+    with pytest.raises(ValueError, match=r"config.json lacks \['vocab_size'\]"):
+        llama_config_from_hf({k: v for k, v in old.items() if k != "vocab_size"})

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
-from deemo_jax.data import media, schema
+from deemo_jax import media
+from deemo_jax.data import schema
 from deemo_jax.data.builder import BuildError, build_shards
 
 _spec = importlib.util.spec_from_file_location(
@@ -144,8 +145,8 @@ def _manifest_lines() -> list[bytes]:
 # manifest line -> expected fragment of its failure reason (line 6 is blank)
 EXPECTED_FAILURES = {
     3: "invalid JSON", 4: "not valid UTF-8", 5: "missing field", 7: "empty transcription", 8: "unknown label",
-    9: "<= start", 10: "outside the video", 11: "no audio track", 12: "truncated", 13: "cannot read",
-    14: "no de-identification sidecar", 15: "audit",
+    9: "<= start", 10: "outside the video", 12: "truncated", 13: "cannot read",
+    14: "no de-identification sidecar", 15: "failed privacy audit",
 }
 
 
@@ -171,8 +172,8 @@ def _read_records(out: Path) -> dict[str, list[dict]]:
 
 def test_build_counts_failures_and_metadata(built):
     manifest, out, report = built
-    assert (report.written, report.failed, report.manifest_rows) == (4, 12, 16)
-    assert report.summary() == "written 4 + failed 12 = manifest rows 16"
+    assert (report.written, report.failed, report.manifest_rows) == (5, 11, 16)
+    assert report.summary() == "written 5 + failed 11 = manifest rows 16"
     failures = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["line"] for f in failures] == sorted(EXPECTED_FAILURES)
     for f in failures:
@@ -187,15 +188,15 @@ def test_build_counts_failures_and_metadata(built):
     assert meta["schema_version"] == schema.SCHEMA_VERSION and meta["labels"] == ["positive", "negative"]
     assert meta["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert meta["already_deidentified"] is False
-    assert meta["counts"]["written"] == 4 and meta["counts"]["failed"] == 12
-    assert meta["counts"]["per_label"] == {"positive": 2, "negative": 2}
-    assert meta["counts"]["per_split"]["train"]["per_label"] == {"positive": 1, "negative": 1}
+    assert meta["counts"]["written"] == 5 and meta["counts"]["failed"] == 11
+    assert meta["counts"]["per_label"] == {"positive": 2, "negative": 3}
+    assert meta["counts"]["per_split"]["train"]["per_label"] == {"positive": 1, "negative": 2}
     assert meta["counts"]["per_split"]["test"]["records"] == 2
     assert meta["frames"]["num_frames"] == 8 and meta["audio"]["num_mel_bins"] == 128
     shards = {s["file"]: s["records"] for s in meta["shards"]}
     assert shards == {
         "test-00000-of-00002.array_record": 0, "test-00001-of-00002.array_record": 2,
-        "train-00000-of-00003.array_record": 2, "train-00001-of-00003.array_record": 0,
+        "train-00000-of-00003.array_record": 2, "train-00001-of-00003.array_record": 1,
         "train-00002-of-00003.array_record": 0,
     }
     assert not list(out.glob("*.tmp"))
@@ -205,8 +206,11 @@ def test_build_counts_failures_and_metadata(built):
 def test_records_decode_with_schema(built):
     _, out, _ = built
     records = _read_records(out)
-    assert [r["id"] for r in records["train"]] == ["g1", "g2"]  # manifest order
+    assert [r["id"] for r in records["train"]] == ["g1", "g2", "noaudio"]  # manifest order
     assert [r["id"] for r in records["test"]] == ["g3", "g4"]
+    noaudio = records["train"].pop()  # a video without an audio track: a video-only record
+    assert noaudio["has_audio"] is False and "fbank" not in noaudio and "audio_clip_times" not in noaudio
+    assert noaudio["frames"].shape == (8, 224, 224, 3)
     for r in records["train"] + records["test"]:
         assert r["frames"].shape == (8, 224, 224, 3) and r["frames"].dtype == np.uint8
         assert r["frame_times"].shape == (8,) and r["frame_times"].dtype == np.float32
@@ -268,3 +272,26 @@ def test_cli_sidecar_refusal_and_override(videos, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--manifest", str(manifest), "--output", str(accepted), "--records-per-shard", "0"])
     assert exc.value.code == 2
+
+
+def test_video_only_record_is_refused_only_when_the_run_uses_audio(built, tmp_path):
+    from deemo_jax.data.pipeline import ExampleProcessor
+    from deemo_jax.data.prompts import PromptConfig
+    from deemo_jax.data.tokenizer import load_tokenizer, train_sentencepiece_tokenizer
+
+    _, out, _ = built
+    reader = ArrayRecordReader(str(out / "train-00001-of-00003.array_record"))
+    (data,) = reader.read_all()
+    reader.close()
+    words = "words of noaudio why ###Human: ###Assistant: <Audio></Audio> <Video></Video> <User></User>".split()
+    texts = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
+    tokenizer = load_tokenizer(train_sentencepiece_tokenizer(texts, tmp_path / "tok", vocab_size=300))
+
+    def processor(use_audio: bool) -> ExampleProcessor:
+        return ExampleProcessor(tokenizer, PromptConfig(use_audio=use_audio, labels=("positive", "negative")),
+                                kind="mer", max_length=512, overlong_policy="drop", num_frames=8, num_audio_clips=8)
+
+    element = processor(False)(data)
+    assert element["frames"].shape == (8, 224, 224, 3) and "fbank" not in element
+    with pytest.raises(ValueError, match="'noaudio' comes from a video without an audio track.*use_audio=False"):
+        processor(True)(data)

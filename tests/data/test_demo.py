@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deemo_jax import exit_codes
 from deemo_jax.data import demo
+from deemo_jax.data.demo import cli as demo_cli
+from deemo_jax.data.demo import interview, render
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None,
@@ -61,7 +66,7 @@ def test_neutral_texts_carry_no_sentiment_and_reasoning_states_the_label(plan200
         for g in c.gestures:
             assert 0.0 <= g.start_frac < g.end_frac <= 1.0
     # Cues mostly agree with the label, but not always (no single signal is trivially perfect).
-    agree = [demo._GESTURE_POLARITY[g.name] == c.label for c in clips for g in c.gestures]
+    agree = [demo.GESTURE_POLARITY[g.name] == c.label for c in clips for g in c.gestures]
     assert 0.6 < np.mean(agree) < 0.9
 
 
@@ -96,7 +101,7 @@ def _skin_mask(frame_bgr: np.ndarray) -> np.ndarray:
 
 
 def _frame(gesture: str) -> np.ndarray:
-    background = demo._backdrop(256, 192, (120, 60, 20))
+    background = render.backdrop(256, 192, (120, 60, 20))
     pose = demo.pose_at(1.0, [{"label": gesture, "start": 0.0, "end": 2.0}])
     return demo.render_frame(pose, background, (40, 40, 40), 0, "tennis")
 
@@ -109,7 +114,7 @@ def test_rendered_body_language_differs_by_label():
     ys, xs = np.nonzero(folded)
     assert np.abs(xs - cx).max() < 62 * s  # arms kept in front of the body
     fist = _skin_mask(_frame("raising a fist"))
-    rest = _skin_mask(demo.render_frame(demo.pose_at(1.0, []), demo._backdrop(256, 192, (120, 60, 20)),
+    rest = _skin_mask(demo.render_frame(demo.pose_at(1.0, []), render.backdrop(256, 192, (120, 60, 20)),
                                         (40, 40, 40), 0, "tennis"))
     raised = (slice(0, int(95 * s)), slice(int(cx + 40 * s), int(cx + 80 * s)))  # beside and above the head
     assert fist[raised].sum() > 20 and rest[raised].sum() == 0
@@ -160,7 +165,7 @@ def test_one_failing_clip_does_not_stop_its_interview(monkeypatch, tmp_path):
             raise demo.SpeechError("voice not found")
         return real(text, *args, **kwargs)
 
-    monkeypatch.setattr(demo, "synthesize_speech", flaky)
+    monkeypatch.setattr(interview, "synthesize_speech", flaky)
     _, _, rows, failures = demo.render_interview(plan, TINY)
     assert [r["id"] for r in rows] == [plan.clips[1].clip_id]
     assert failures == [{"id": plan.clips[0].clip_id, "reason": "speech synthesis: voice not found"}]
@@ -169,8 +174,8 @@ def test_one_failing_clip_does_not_stop_its_interview(monkeypatch, tmp_path):
         deid.write_bytes(b"partial")
         raise RuntimeError("audit failed")
 
-    monkeypatch.setattr(demo, "synthesize_speech", real)
-    monkeypatch.setattr(demo, "deidentify", broken_deid)
+    monkeypatch.setattr(interview, "synthesize_speech", real)
+    monkeypatch.setattr(interview, "deidentify", broken_deid)
     result = demo.generate_interview(plan, TINY, tmp_path)
     assert result.rows == [] and len(result.failures) == 2
     assert all("RuntimeError: audit failed" in f["reason"] for f in result.failures)
@@ -249,7 +254,7 @@ def test_rerun_is_instant_and_settings_are_guarded(tiny_corpus, tmp_path):
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
-def test_config_and_cli_validation(tmp_path, capsys):
+def test_config_and_cli_validation(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     with pytest.raises(ValueError, match="neutral_fraction"):
@@ -258,10 +263,25 @@ def test_config_and_cli_validation(tmp_path, capsys):
         demo.DemoConfig(split_fractions=(0.5, 0.5, 0.5)).validate()
     spec = importlib.util.spec_from_file_location("make_demo_data", Path(__file__).parents[2] / "scripts" /
                                                   "make_demo_data.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main is demo_cli.main  # the script is a shim over the package's command
     (tmp_path / "x.txt").write_text("x")
-    assert cli.main(["--output", str(tmp_path), "--quiet"]) == 2
-    assert "holds no demo corpus" in capsys.readouterr().err
+    assert demo_cli.main(["--output", str(tmp_path), "--quiet"]) == exit_codes.USAGE == 2
+    assert "make_demo_data: error:" in (err := capsys.readouterr().err) and "holds no demo corpus" in err
     with pytest.raises(SystemExit):
-        cli.main(["--output", str(tmp_path / "new"), "--num-clips", "0"])
+        demo_cli.main(["--output", str(tmp_path / "new"), "--num-clips", "0"])
+
+    def nothing_made(*args, **kwargs):
+        raise demo.NoDemoClipError("no demo clip could be made; first reasons: ['x']")
+
+    monkeypatch.setattr(demo_cli, "make_demo_corpus", nothing_made)
+    assert demo_cli.main(["--output", str(tmp_path / "new"), "--quiet"]) == exit_codes.SOME_FAILED == 1
+    assert "no demo clip could be made" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "deemo_jax.data.demo", "--help"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "--num-clips" in proc.stdout and "make_demo_data.py" in proc.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deemo_jax.deid import CenterFace, DeidSettings, deidentify_video
-from deemo_jax.deid.testing import write_face_video
+from tests.deid.synthetic import write_face_video
 
 WIDTH, HEIGHT, FRAMES, FPS = 320, 240, 12, 8
 

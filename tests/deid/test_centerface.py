@@ -6,7 +6,7 @@ from skimage import data
 
 from deemo_jax.deid import CenterFace, DetectorUnavailableError
 from deemo_jax.deid.centerface import decode, model_path, nms
-from deemo_jax.deid.video import probe, read_frames
+from deemo_jax.media import iter_frames, probe
 
 
 def _iou(a, b) -> float:
@@ -18,7 +18,7 @@ def _iou(a, b) -> float:
 
 def test_detector_finds_the_face_in_every_input_frame(face_video, detector):
     path, true_boxes = face_video
-    frames = list(read_frames(path, probe(path)))
+    frames = list(iter_frames(path, probe(path)))
     assert len(frames) == len(true_boxes)
     for frame, truth in zip(frames, true_boxes, strict=True):
         boxes, scores = detector.detect(frame, threshold=0.2)

@@ -2,6 +2,8 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,18 @@ def test_invalid_arguments_exit_2(cli, face_video, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--output DIR is required" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli([str(face_video[0]), "-o", str(tmp_path), "--scale", "640by360"])
+
+
+
+def test_python_dash_m_runs_the_same_command(face_video, tmp_path):
+    blocker = tmp_path / "results.txt"  # --output below a regular file: refused before any work, exit 2
+    blocker.write_text("a file, not a folder\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "deemo_jax.deid", str(face_video[0]), "--output", str(blocker / "deid")],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"deidentify: error: output folder {blocker / 'deid'}: {blocker} is a regular file, not a folder; "
+        "choose another path or move that file"
+    ]

@@ -7,13 +7,16 @@ import pytest
 from deemo_jax.deid import (
     AuditFailedError,
     DeidSettings,
+    NotDeidentifiedError,
     audit_video,
     deidentify_video,
     is_deidentified,
     load_sidecar,
+    require_deidentified,
     sidecar_path,
 )
-from deemo_jax.deid.video import extract_audio, probe, read_frames
+from deemo_jax.deid.pipeline import partial_path, quarantine_path
+from deemo_jax.media import extract_audio, iter_frames, probe
 
 
 def test_output_passes_audit_keeps_audio_and_has_a_matching_sidecar(face_video, deid_output, detector):
@@ -33,7 +36,7 @@ def test_output_passes_audit_keeps_audio_and_has_a_matching_sidecar(face_video, 
 
     info = probe(out)
     assert (info.width, info.height, info.fps, info.has_audio) == (320, 240, 8, True)
-    assert sum(1 for _ in read_frames(out, info)) == 12
+    assert sum(1 for _ in iter_frames(out, info)) == 12
     voice, original = extract_audio(out), extract_audio(raw)
     assert abs(voice.size - original.size) < 0.1 * original.size
     assert audit_video(out, detector=detector).passed
@@ -45,14 +48,29 @@ def test_raw_video_fails_the_audit_on_every_frame(face_video, detector):
     assert {d["frame"] for d in report.detections} == set(range(12))
 
 
-def test_unanonymised_output_is_marked_failed_never_passed(face_video, detector, tmp_path):
+def test_unanonymised_output_never_gets_its_final_name(face_video, detector, tmp_path):
     out = tmp_path / "none.mp4"
-    with pytest.raises(AuditFailedError, match="privacy audit failed"):
-        deidentify_video(face_video[0], out, DeidSettings(mode="none", audio="drop"), detector=detector)
-    sidecar = load_sidecar(out)
+    settings = DeidSettings(mode="none", audio="drop")
+    with pytest.raises(AuditFailedError, match="privacy audit failed.*output was deleted") as failure:
+        deidentify_video(face_video[0], out, settings, detector=detector)
+    assert failure.value.quarantined is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no video, no partial, no sidecar
+    assert not is_deidentified(out)
+
+    with pytest.raises(AuditFailedError, match="kept as quarantine/none.FAILED.mp4") as failure:
+        deidentify_video(face_video[0], out, settings, detector=detector, keep_failed=True)
+    kept = quarantine_path(out)
+    assert failure.value.quarantined == kept == tmp_path / "quarantine" / "none.FAILED.mp4"
+    assert not out.exists() and not sidecar_path(out).exists() and not partial_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quarantine"]
+    sidecar = load_sidecar(kept)  # describes the quarantined bytes, and says it failed
     assert sidecar["deidentified"] is False and sidecar["audit"]["passed"] is False
     assert sidecar["audit"]["frames_with_faces"] == list(range(12))
-    assert not is_deidentified(out)
+    assert sidecar["quarantine"]["file"] == "quarantine/none.FAILED.mp4"
+    assert sidecar["quarantine"]["intended_output"] == "none.mp4"
+    assert not is_deidentified(kept)
+    with pytest.raises(NotDeidentifiedError, match="failed privacy audit"):
+        require_deidentified(kept)
 
 
 def test_video_without_audio_and_odd_size(tmp_path, detector):
@@ -128,4 +146,4 @@ def test_bad_inputs_raise_clear_errors(tmp_path, detector):
         deidentify_video(junk, tmp_path / "o.avi", detector=detector)
     with pytest.raises(ValueError, match="mode"):
         DeidSettings(mode="pixelate")
-    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.partial.mp4").exists()
+    assert not (tmp_path / "o.mp4").exists() and not partial_path(tmp_path / "o.mp4").exists()

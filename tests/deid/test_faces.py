@@ -11,7 +11,7 @@ from deemo_jax.deid import (
     enlarge_boxes,
     faces,
 )
-from deemo_jax.deid.video import probe, read_frames
+from deemo_jax.media import iter_frames, probe
 
 
 def test_enlarge_boxes_uses_deface_semantics_and_drops_empty_boxes():
@@ -141,20 +141,22 @@ def _sharpness(frame, box):
 def test_carry_over_blurs_a_face_the_detector_missed(face_video, detector, tmp_path):
     path, true_boxes = face_video
     missed = 5
-    raw = list(read_frames(path, probe(path)))[missed]
+    raw = list(iter_frames(path, probe(path)))[missed]
     out = tmp_path / "carried.mp4"
     deidentify_video(
         path, out, DeidSettings(carry_frames=2, audio="drop"), detector=DropsOneFrame(detector, missed)
     )
-    frame = list(read_frames(out, probe(out)))[missed]
+    frame = list(iter_frames(out, probe(out)))[missed]
     assert _sharpness(frame, true_boxes[missed]) < 0.2 * _sharpness(raw, true_boxes[missed])
 
     # Control: without carry-over the missed frame shows the face, and the audit catches it.
     leaked = tmp_path / "leaked.mp4"
     with pytest.raises(AuditFailedError) as failure:
         deidentify_video(
-            path, leaked, DeidSettings(carry_frames=0, audio="drop"), detector=DropsOneFrame(detector, missed)
+            path, leaked, DeidSettings(carry_frames=0, audio="drop"), detector=DropsOneFrame(detector, missed),
+            keep_failed=True,
         )
-    assert failure.value.report.frames_with_faces == [missed]
-    frame = list(read_frames(leaked, probe(leaked)))[missed]
+    assert failure.value.report.frames_with_faces == [missed] and not leaked.exists()
+    kept = failure.value.quarantined
+    frame = list(iter_frames(kept, probe(kept)))[missed]
     assert _sharpness(frame, true_boxes[missed]) > 0.5 * _sharpness(raw, true_boxes[missed])

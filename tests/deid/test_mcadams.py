@@ -12,7 +12,7 @@ from scipy.signal import resample_poly
 
 from deemo_jax.deid import alpha_for_seed, anonymize
 from deemo_jax.deid.mcadams import burg_lpc
-from deemo_jax.deid.testing import vowel_audio
+from tests.deid.synthetic import vowel_audio
 
 SR = 16000
 

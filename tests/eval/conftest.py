@@ -1,6 +1,6 @@
 """Session fixtures of the evaluation tests: tiny synthetic shards, a tokenizer, and a tiny training run
 workdir written the way ``scripts/train.py`` writes it (``config.json`` + an Orbax checkpoint whose
-``trainable`` item holds the trained parameters), loaded once with ``deemo_jax.eval.checkpoint.load_run``.
+``trainable`` item holds the trained parameters), loaded once with ``deemo_jax.train.runs.load_run``.
 
 Every evaluation test uses that one model, so the compiled generation programs are shared across tests."""
 
@@ -76,8 +76,8 @@ def tiny_run(tmp_path_factory, shards):
     workdir = tmp_path_factory.mktemp("run")
     cfg = base_config()
     cfg.workdir = str(workdir)
-    cfg.model.preset, cfg.model.frozen_dtype, cfg.model.random_frozen = "tiny", "float32", True
-    cfg.model.tiny.update(dict(vit_depth=1, audio_depth=1, qformer_layers=1))
+    cfg.model.preset, cfg.model.frozen_dtype, cfg.model.random_frozen = "tiny_1layer", "float32", True
+    cfg.model.overrides = {"llm": {"num_hidden_layers": 2}}
     cfg.trainable = (*PAPER_TRAINABLE, "llama")
     cfg.data.update(dict(shard_dir=str(shards["dir"]), tokenizer_path=str(shards["tokenizer_dir"]), task="both",
                          max_length=200, num_frames=FRAMES, num_audio_clips=CLIPS, read_threads=1,
@@ -113,6 +113,6 @@ def tiny_run(tmp_path_factory, shards):
 
 @pytest.fixture(scope="session")
 def loaded_run(tiny_run):
-    from deemo_jax.eval.checkpoint import load_run
+    from deemo_jax.train.runs import load_run
 
     return load_run(tiny_run["workdir"])

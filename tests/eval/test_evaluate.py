@@ -161,7 +161,7 @@ def test_load_run_restores_the_checkpointed_trainable_parameters(tiny_run, loade
 
 
 def test_load_run_errors_say_what_to_do(tmp_path, tiny_run, monkeypatch):
-    from deemo_jax.eval.checkpoint import DEFAULT_DEMO_WORKDIR, RunNotFoundError, load_run
+    from deemo_jax.train.runs import DEFAULT_DEMO_WORKDIR, RunNotFoundError, load_run
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunNotFoundError, match="make demo"):

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from deemo_jax.deid import load_sidecar
-from deemo_jax.deid.testing import write_face_video
 from deemo_jax.eval.infer import infer, main, read_transcript, split_answer
+from tests.deid.synthetic import write_face_video
 
 NEW = 6
 GENERATION = {"length_bucket": 256}  # as test_evaluate.py: the compiled programs are shared
@@ -68,8 +68,16 @@ def test_missing_model_or_video_fail_with_a_fix(face_video, tmp_path, monkeypatc
 def test_transcript_and_answer_helpers(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("  we lost today \n", encoding="utf-8")
-    assert read_transcript(str(path)) == "we lost today"
+    assert read_transcript(file=str(path)) == "we lost today"
     assert read_transcript("just words") == "just words" and read_transcript(None) == ""
+    assert read_transcript("yes") == "yes" and read_transcript("and/or so it goes") == "and/or so it goes"
+    for mistyped in (str(tmp_path / "typo.txt"), "notes/words", "words.txt"):  # never the transcription
+        with pytest.raises(ValueError, match="--transcript-file"):
+            read_transcript(mistyped)
+    with pytest.raises(ValueError, match="is a file"):  # an existing file given as the words
+        read_transcript(str(path))
+    with pytest.raises(ValueError, match="does not exist"):
+        read_transcript(file=str(tmp_path / "typo.txt"))
     assert split_answer("Negative. He looks down.", "negative", "both") == "He looks down."
     assert split_answer("He looks down, so negative.", "negative", "reasoning") == "He looks down, so negative."
     assert split_answer("negative", "negative", "recognition") == ""

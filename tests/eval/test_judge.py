@@ -2,219 +2,24 @@
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
+import pydantic
 import pytest
+from fake_openai import FakeOpenAI
 
+from deemo_jax import exit_codes
 from deemo_jax.eval import judge as J
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _content_for(schema: str, prompt: str) -> dict:
-    """Deterministic answers: scores from a hash of the prompt, emotions from words in the description."""
-    digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
-    if schema == "EmotionWords":
-        description = prompt.rsplit("Description: <<<", 1)[1]
-        found = [w for w in ("Happy", "sad", "proud", "angry") if w.lower() in description.lower()]
-        return {"emotions": found or ["calm"]}
-    if schema == "LabelJudgement":
-        return {"reason": "overlap", "score": 1 + digest % 10}
-    return {
-        "reference_cues": "cues A",
-        "predicted_cues": "cues B",
-        "reason": "because",
-        "score": 1 + digest % 10,
-    }
-
-
-class FakeOpenAI:
-    """ThreadingHTTPServer on 127.0.0.1 speaking enough of the OpenAI API: chat completions, files, batches.
-
-    Markers in a prompt script the behaviour: RATE_LIMIT_ONCE (429 then OK), SERVER_ERROR_ONCE (503 then OK),
-    TIMEOUT_ONCE (sleep past the client timeout, then OK), GARBAGE_ONCE (non-JSON text, then OK),
-    SCORE13_ONCE / SCORE13_ALWAYS (score 13 for scored kinds), AUTH_FAIL (401 for everything).
-    """
-
-    def __init__(self, delay: float = 0.0):
-        self.delay = delay
-        self.timeout_sleep = 1.0
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []  # chat bodies received
-        self.authorizations: set[str] = set()
-        self.seen: Counter[str] = Counter()
-        self.files: dict[str, bytes] = {}
-        self.batches: dict[str, dict] = {}
-        self.batch_polls: Counter[str] = Counter()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, payload, headers: dict | None = None, raw: bytes | None = None):
-                data = raw if raw is not None else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def do_GET(self):
-                parts = self.path.split("/")
-                if self.path.startswith("/v1/batches/"):
-                    batch = fake.batches[parts[3]]
-                    with fake.lock:
-                        fake.batch_polls[parts[3]] += 1
-                        done = fake.batch_polls[parts[3]] > 1
-                    self._send(200, {**batch, "status": "completed" if done else "in_progress"})
-                elif self.path.startswith("/v1/files/") and self.path.endswith("/content"):
-                    self._send(200, None, raw=fake.files[parts[3]])
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.authorizations.add(self.headers.get("Authorization", ""))
-                if self.path == "/v1/files":
-                    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                        b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
-                    )
-                    content = next(
-                        p.get_payload(decode=True)
-                        for p in message.iter_parts()
-                        if p.get_filename() is not None
-                    )
-                    file_id = f"file-{len(fake.files)}"
-                    fake.files[file_id] = content
-                    self._send(
-                        200,
-                        {
-                            "id": file_id,
-                            "object": "file",
-                            "bytes": len(content),
-                            "created_at": 0,
-                            "filename": "requests.jsonl",
-                            "purpose": "batch",
-                            "status": "processed",
-                        },
-                    )
-                elif self.path == "/v1/batches":
-                    self._send(200, fake.create_batch(json.loads(body)))
-                elif self.path == "/v1/chat/completions":
-                    status, payload, headers = fake.answer(json.loads(body))
-                    self._send(status, payload, headers)
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.handle_error = lambda request, address: None
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-            self.seen.clear()
-
-    def answer(self, body: dict, record: bool = True) -> tuple[int, dict, dict]:
-        prompt = body["messages"][0]["content"]
-        schema = body["response_format"]["json_schema"]["name"]
-        with self.lock:
-            if record:
-                self.requests.append(body)
-            marker_key = json.dumps(body["messages"])
-            self.seen[marker_key] += 1
-            nth = self.seen[marker_key]
-        if self.delay:
-            time.sleep(self.delay)
-        if "AUTH_FAIL" in prompt:
-            return (
-                401,
-                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
-                {},
-            )
-        if "RATE_LIMIT_ONCE" in prompt and nth == 1:
-            return 429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"Retry-After": "0"}
-        if "SERVER_ERROR_ONCE" in prompt and nth == 1:
-            return 503, {"error": {"message": "overloaded", "type": "server_error"}}, {}
-        if "TIMEOUT_ONCE" in prompt and nth == 1:
-            time.sleep(self.timeout_sleep)
-        content = json.dumps(_content_for(schema, prompt))
-        if "GARBAGE_ONCE" in prompt and nth == 1:
-            content = "I think the score is about eight or so."
-        scored = schema in ("ClueJudgement", "LabelJudgement")
-        if scored and ("SCORE13_ALWAYS" in prompt or ("SCORE13_ONCE" in prompt and nth == 1)):
-            content = json.dumps({**json.loads(content), "score": 13})
-        completion = {
-            "id": f"chatcmpl-{nth}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "gpt-4o-mini-2024-07-18",
-            "system_fingerprint": "fp_fake",
-            "choices": [
-                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-            ],
-            "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": 20, "total_tokens": 0},
-        }
-        return 200, completion, {}
-
-    def create_batch(self, params: dict) -> dict:
-        batch_id = f"batch_{len(self.batches)}"
-        lines = []
-        for i, raw in enumerate(self.files[params["input_file_id"]].decode().splitlines()):
-            item = json.loads(raw)
-            status, payload, _ = self.answer(item["body"], record=False)
-            lines.append(
-                json.dumps(
-                    {
-                        "id": f"req_{i}",
-                        "custom_id": item["custom_id"],
-                        "error": None,
-                        "response": {"status_code": status, "request_id": "r", "body": payload},
-                    }
-                )
-            )
-        output_id = f"file-out-{batch_id}"
-        self.files[output_id] = ("\n".join(lines) + "\n").encode()
-        batch = {
-            "id": batch_id,
-            "object": "batch",
-            "endpoint": params["endpoint"],
-            "errors": None,
-            "input_file_id": params["input_file_id"],
-            "completion_window": params["completion_window"],
-            "status": "validating",
-            "output_file_id": output_id,
-            "error_file_id": None,
-            "created_at": 0,
-        }
-        self.batches[batch_id] = batch
-        return batch
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +48,7 @@ def _samples() -> list[J.Sample]:
     ]
 
 
-def _judge(fake: FakeOpenAI, cache_path: Path, **overrides) -> J.Judge:
+def _judge(fake: FakeOpenAI, cache_path: Path, notify=None, **overrides) -> J.Judge:
     settings = dict(
         model="gpt-4o-mini-2024-07-18",
         endpoint=J.normalise_endpoint(fake.base_url),
@@ -256,7 +61,7 @@ def _judge(fake: FakeOpenAI, cache_path: Path, **overrides) -> J.Judge:
     settings.update(overrides)
     config = J.JudgeConfig(**settings)
     client = openai.OpenAI(api_key=SECRET, base_url=fake.base_url, max_retries=0, timeout=config.timeout)
-    return J.Judge(config, client, J.JudgeCache(cache_path), secret=SECRET)
+    return J.Judge(config, client, J.JudgeCache(cache_path), secret=SECRET, notify=notify)
 
 
 def _count_by_sample(bodies: list[dict], samples: list[J.Sample]) -> dict[str, int]:
@@ -393,7 +198,8 @@ def test_cli_confirmation_dry_run_key_hygiene_and_report(fake, tmp_path, monkeyp
     assert J.main(_cli_args(fake, predictions, out)) == 2
     assert "pass --yes" in capsys.readouterr().err and fake.requests == []
 
-    assert J.main(_cli_args(fake, predictions, out, "--yes", "--concurrency", "2")) == 0
+    # 3 bad input lines: judged the good samples, exit 1 (some samples failed)
+    assert J.main(_cli_args(fake, predictions, out, "--yes", "--concurrency", "2")) == exit_codes.SOME_FAILED
     assert len(fake.requests) == 12 and fake.authorizations == {f"Bearer {SECRET}"}
     scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert [r["id"] for r in scores] == ["c0", "c1", "c2"]
@@ -415,11 +221,13 @@ def test_cli_confirmation_dry_run_key_hygiene_and_report(fake, tmp_path, monkeyp
     # Rerun: zero requests, identical files.
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "cache.jsonl"}
     fake.reset()
-    assert J.main(_cli_args(fake, predictions, out)) == 0  # nothing to send: no confirmation needed
+    # nothing to send: no confirmation needed; the bad lines still make it exit 1
+    assert J.main(_cli_args(fake, predictions, out)) == exit_codes.SOME_FAILED
     assert fake.requests == []
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "cache.jsonl"}
-    assert {k: v for k, v in after.items() if k != "summary.json"} == {
-        k: v for k, v in before.items() if k != "summary.json"
+    ledger = ("summary.json", "runs.jsonl")  # the summary and the ledger of runs grow by one run
+    assert {k: v for k, v in after.items() if k not in ledger} == {
+        k: v for k, v in before.items() if k not in ledger
     }
     stdout_err += "".join(capsys.readouterr())
 
@@ -519,11 +327,11 @@ def test_batch_api_round_trip_matches_online_scores(fake, tmp_path, monkeypatch,
     assert (
         J.main(_cli_args(fake, predictions, out, "--batch-api", "--yes")) == 2
     )  # one pending batch at a time
-    assert J.main(_cli_args(fake, predictions, out, "--collect")) == 3  # still in progress
+    assert J.main(_cli_args(fake, predictions, out, "--collect")) == exit_codes.PENDING  # still in progress
     assert J.main(_cli_args(fake, predictions, out, "--collect")) == 0
     assert "3 request(s) remain" in capsys.readouterr().out
     assert J.main(_cli_args(fake, predictions, out, "--batch-api", "--yes")) == 0  # the label stage
-    assert J.main(_cli_args(fake, predictions, out, "--collect")) == 3
+    assert J.main(_cli_args(fake, predictions, out, "--collect")) == exit_codes.PENDING
     assert J.main(_cli_args(fake, predictions, out, "--collect")) == 0  # all cached: writes the report
     assert fake.requests == []  # no online chat request at all
     batch_rows = (out / "scores.jsonl").read_text()
@@ -643,3 +451,113 @@ def test_cache_rejects_invalid_stored_results(tmp_path):
     path.write_text("\n".join(json.dumps(x) for x in (valid, out_of_range)) + "\n" + "{broken\n")
     cache = J.JudgeCache(path)
     assert "a" in cache and "b" not in cache and cache.skipped_lines == 2
+
+
+def test_a_reply_that_is_one_fenced_json_block_is_accepted_and_nothing_else(fake, tmp_path):
+    answer = {"reason": "r", "score": 7}
+    text = json.dumps(answer)
+    assert J.parse_reply("label", f"```json\n{text}\n```") == answer
+    assert J.parse_reply("label", f"  ```\n{text}\n```\n") == answer
+    not_one_block = (
+        f"Here it is:\n```json\n{text}\n```",
+        f"```json\n{text}\n```\nHope this helps.",
+        f"```json\n{text}\n```\n```json\n{text}\n```",
+        f"```json {text}```",
+    )
+    for reply in not_one_block:
+        with pytest.raises(pydantic.ValidationError):
+            J.parse_reply("label", reply)
+    with pytest.raises(J.InvalidJudgement, match="outside 1..10"):  # still validated by the schema and range
+        J.parse_reply("label", '```json\n{"reason": "r", "score": 13}\n```')
+
+    # Through the real client: the fenced sample is scored with one request each, the prose-wrapped one fails.
+    samples = [J.Sample("f0", "FENCED he is happy.", "He is happy."), J.Sample("f1", "FENCED_PROSE sad.", "Sad.")]
+    lines: list[str] = []
+    fenced, prose = J.run_judge(_judge(fake, tmp_path / "cache.jsonl", notify=lines.append), samples)
+    assert fenced.failures == [] and fenced.clue["result"]["score"] in range(1, 11)
+    assert fenced.predicted_emotions["result"]["emotions"] == ["happy"]
+    # f0: its clue and its prediction extraction (the prompts that hold its text) once each: no retry
+    assert _count_by_sample(fake.requests, samples) == {"f0": 2, "f1": 6}
+    assert {(f["stage"], f["error"], f["attempts"]) for f in prose.failures} == {
+        ("clue", "ValidationError", 3),
+        ("emotions_prediction", "ValidationError", 3),
+    }
+    assert not any("f0" in line or "FENCED he" in line for line in lines)
+
+
+def test_billed_tokens_include_invalid_replies_and_each_retry_is_announced(fake, tmp_path):
+    samples = [
+        J.Sample("g0", "GARBAGE_ALWAYS he is calm.", "He is calm."),
+        J.Sample("g1", "RATE_LIMIT_ONCE he is sad.", "He is sad."),
+    ]
+    lines: list[str] = []
+    judge = _judge(fake, tmp_path / "cache.jsonl", notify=lines.append)
+    results = J.run_judge(judge, samples)
+    assert [bool(r.failures) for r in results] == [True, False]
+
+    # Billed: every reply that came back (with usage), valid or not; the 429 answers carried no usage.
+    seen: Counter[str] = Counter()
+    billed = []
+    for body in fake.requests:
+        prompt = body["messages"][0]["content"]
+        seen[prompt] += 1
+        if not ("RATE_LIMIT_ONCE" in prompt and seen[prompt] == 1):
+            billed.append(len(prompt) // 4)
+    assert judge.stats["api_calls"] == len(fake.requests) == len(billed) + 2
+    assert judge.stats["billed_prompt_tokens"] == sum(billed)
+    assert judge.stats["billed_completion_tokens"] == 20 * len(billed)
+    cached = [r["usage"]["prompt_tokens"] for r in J.JudgeCache(tmp_path / "cache.jsonl")._records.values()]
+    assert sum(cached) < sum(billed)  # the results alone undercount what was billed
+    summary = J.write_report(
+        tmp_path / "out", results, [], judge.config, judge.stats, resamples=10, prices=(1.0, 2.0)
+    )
+    tokens = summary["requests"]["tokens_billed_this_run"]
+    assert tokens == {"prompt": sum(billed), "completion": 20 * len(billed)}
+    assert summary["requests"]["usd_billed_this_run"] == pytest.approx((sum(billed) + 40 * len(billed)) / 1e6)
+
+    # One line per retry (why, attempt n of m, the wait) and one per request given up.
+    retries = [line for line in lines if line.startswith("judge: retrying")]
+    assert judge.stats["retries"] == len(retries) == 2 * 2 + 2  # g0: clue, extraction x2 retries; g1: 2 x 429
+    assert sum("HTTP 429 (rate limited); attempt 2 of 3 in 0.0 s" in line for line in retries) == 2
+    assert sum("invalid reply" in line and "attempt 3 of 3" in line for line in retries) == 2
+    assert sum(line.startswith("judge: giving up") for line in lines) == 2
+    assert all("\n" not in line for line in lines)
+
+
+def test_estimate_states_that_retries_add_to_the_cost(tmp_path):
+    cache = J.JudgeCache(tmp_path / "cache.jsonl")
+    judge = J.Judge(J.JudgeConfig(max_retries=5), client=None, cache=cache)
+    estimate = J.estimate_cost(judge, [J.Sample("a", "x" * 400, "y" * 400)])
+    assert estimate.max_retries == 5 and estimate.usd_max == pytest.approx(6 * estimate.usd)
+    text = estimate.describe("gpt-4o-mini-2024-07-18")
+    assert "without retries" in text and f"at most ${estimate.usd_max:.4f}" in text and "all 5 retries" in text
+    unpriced = J.estimate_cost(J.Judge(J.JudgeConfig(model="local"), None, cache), [J.Sample("a", "x", "y")])
+    assert "6x the tokens" in unpriced.describe("local")
+
+
+def test_progress_lines_show_rate_and_eta():
+    lines: list[str] = []
+    now = [0.0]
+    progress = J.Progress(write=lines.append, clock=lambda: now[0])
+    for done in range(1, 101):
+        now[0] = done * 0.5
+        progress(done, 100)
+    assert len(lines) == 21  # the first sample, then every 5%
+    assert lines[1] == "judge: 5/100 samples (5%), 2.00 samples/s, elapsed 0:00:02, ETA 0:00:48"
+    assert lines[-1].startswith("judge: 100/100 samples (100%)") and lines[-1].endswith("ETA 0:00:00")
+    slow: list[str] = []  # a slow run still says something every `interval` seconds
+    progress = J.Progress(write=slow.append, clock=lambda: now[0], interval=30.0)
+    for done in range(1, 5):
+        now[0] += 31.0
+        progress(done, 1000)
+    assert len(slow) == 4 and "ETA" in slow[-1]
+
+
+def test_python_dash_m_runs_the_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "deemo_jax.eval.judge", "--predictions", str(tmp_path / "no.jsonl"), "--output",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert proc.returncode == exit_codes.USAGE
+    assert proc.stderr.strip() == f"judge: error: --predictions {tmp_path / 'no.jsonl'} is not a file; check the path"

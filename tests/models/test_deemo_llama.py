@@ -1,4 +1,6 @@
-"""DeemoLlama assembly: splicing, loss, frozen/trainable gradient flow, shapes, real-size branch counts."""
+"""DeemoLlama assembly: splicing, frozen/trainable gradient flow, shapes, real-size branch counts, presets."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +10,13 @@ from flax import nnx
 
 from deemo_jax.models.deemo_llama import (
     PAPER_TRAINABLE,
+    PRESETS,
     DeemoLlama,
     DeemoLlamaConfig,
     check_inputs,
-    next_token_loss,
 )
+from deemo_jax.models.llama import LlamaConfig
+from deemo_jax.train.step import model_logits, token_loss_sum
 
 
 def param_count(tree) -> int:
@@ -78,29 +82,13 @@ def test_absent_modalities_run_text_only(tiny):
     assert logits.shape == (1, 5, config.llm.vocab_size)
 
 
-def test_next_token_loss_matches_manual_cross_entropy():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
-    labels = np.array([[-100, -100, 3, 4, -100], [-100, 1, -100, -100, 6]])
-    loss, count = next_token_loss(jnp.asarray(logits), jnp.asarray(labels))
-    terms = []
-    for b in range(2):
-        for t in range(4):
-            target = labels[b, t + 1]
-            if target != -100:
-                z = logits[b, t]
-                terms.append(np.log(np.sum(np.exp(z - z.max()))) + z.max() - z[target])
-    assert int(count) == len(terms) == 4
-    np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-6)
-
-
 def test_gradients_reach_trainable_branches_through_frozen_llm(tiny):
     config, model = tiny
     batch = {k: jnp.asarray(v) for k, v in make_batch(config).items()}
     graphdef, params = nnx.split(model, nnx.Param)
 
     def loss_fn(params):
-        return nnx.merge(graphdef, params).loss(batch)[0]
+        return token_loss_sum(model_logits(nnx.merge(graphdef, params), batch, None), batch["labels"])
 
     grads = jax.jit(jax.grad(loss_fn))(params)
 
@@ -143,3 +131,33 @@ def test_real_size_branch_parameter_counts():
     # bf16 frozen parts, fp32 trainable parts.
     assert {x.dtype for x in jax.tree.leaves(state["llama"])} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree.leaves(state["video_qformer"])} == {jnp.dtype(jnp.float32)}
+
+
+def test_presets_and_overrides():
+    assert DeemoLlamaConfig.preset("deemo_7b") == DeemoLlamaConfig.deemo_7b()
+    assert DeemoLlamaConfig.preset("tiny") == DeemoLlamaConfig.tiny()
+    demo = DeemoLlamaConfig.preset("demo", {"llm": {"vocab_size": 1000}, "frozen_dtype": jnp.bfloat16})
+    assert (demo.llm.hidden_size, demo.llm.intermediate_size, demo.llm.vocab_size) == (128, 256, 1000)
+    assert demo.frozen_dtype == jnp.bfloat16 and demo.vit == DeemoLlamaConfig.tiny().vit
+    one = PRESETS["tiny_1layer"]()
+    assert one.vit.depth == one.audio_encoder.depth == one.llm.num_hidden_layers == 1
+    assert one.image_qformer.num_layers == one.video_qformer.num_layers == one.audio_qformer.num_layers == 1
+    llm = LlamaConfig.tiny(vocab_size=77)
+    replaced = DeemoLlamaConfig.preset("tiny", {"llm": llm, "audio_encoder": None, "audio_qformer": None})
+    assert replaced.llm is llm and replaced.audio_encoder is None
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'; one of \['deemo_7b', 'demo', 'tiny', 'tiny_1"):
+        DeemoLlamaConfig.preset("huge")
+    with pytest.raises(ValueError, match=r"DeemoLlamaConfig.vit has no field 'layers'"):
+        DeemoLlamaConfig.preset("tiny", {"vit": {"layers": 1}})
+    with pytest.raises(ValueError, match=r"DeemoLlamaConfig.vit is None, not a config"):
+        DeemoLlamaConfig.preset("tiny", {"vit": None}).with_overrides({"vit": {"depth": 1}})
+
+
+def test_attention_impl_reaches_every_attention_caller():
+    config = dataclasses.replace(DeemoLlamaConfig.tiny(), audio_encoder=None, audio_qformer=None)
+    config = config.with_attention_impl("xla")
+    assert config.vit.attention_impl == config.llm.attention_impl == "xla" and config.audio_encoder is None
+    model = nnx.eval_shape(lambda: DeemoLlama(DeemoLlamaConfig.tiny().with_attention_impl("cudnn"), rngs=nnx.Rngs(0)))
+    assert model.visual_encoder.blocks[0].attn.implementation == "cudnn"
+    assert model.audio_encoder.blocks[0].attn.implementation == "cudnn"
+    assert model.llama.config.attention_impl == "cudnn"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
+from torch_params import eva_vit_params_from_torch
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
-from deemo_jax.convert.eva_vit import eva_vit_params_from_torch
 from deemo_jax.convert.torch_reference import randomize_
 from deemo_jax.models.eva_vit import EvaViT, EvaViTConfig
 
@@ -88,6 +90,12 @@ def test_rejects_bad_pixels(pair, shape):
     _, model, _ = pair
     with pytest.raises(ValueError, match=rf"expected pixels \[N, 56, 56, 3\].*got shape \({shape[0]}, "):
         model(jnp.zeros(shape))
+
+
+def test_attention_impl_reaches_the_attention():
+    config = dataclasses.replace(CONFIG, attention_impl="flash")  # an unknown name: the dispatcher must see it
+    with pytest.raises(ValueError, match=r"attention implementation must be one of .*got 'flash'"):
+        nnx.eval_shape(lambda: EvaViT(config, rngs=nnx.Rngs(0))(jnp.zeros((1, 56, 56, 3))))
 
 
 def test_giant_parameter_count_without_allocation():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from torch_params import imagebind_audio_params_from_torch
 
-from deemo_jax.convert.imagebind_audio import imagebind_audio_params_from_torch
 from deemo_jax.convert.torch_reference import ImageBindAudioReference, randomize_
-from deemo_jax.models.imagebind_audio import ImageBindAudio, ImageBindAudioConfig, drop_path
+from deemo_jax.models.imagebind_audio import ImageBindAudio, ImageBindAudioConfig
+from deemo_jax.models.layers import drop_path
 
 CONFIG = ImageBindAudioConfig.tiny()
 
@@ -70,6 +72,12 @@ def test_drop_path_statistics():
     np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)
     assert abs(float((out == 0).mean()) - 0.25) < 0.02
     np.testing.assert_array_equal(np.asarray(drop_path(ones, 0.25, None)), np.asarray(ones))
+
+
+def test_attention_impl_reaches_the_attention():
+    config = dataclasses.replace(CONFIG, attention_impl="flash")  # an unknown name: the dispatcher must see it
+    with pytest.raises(ValueError, match=r"attention implementation must be one of .*got 'flash'"):
+        nnx.eval_shape(lambda: ImageBindAudio(config, rngs=nnx.Rngs(0))(jnp.zeros((1, 1, 128, 204))))
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 128, 200), (2, 2, 128, 204), (128, 204)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deemo_jax.convert.llama import expected_llama_keys, llama_params_from_torch
+from deemo_jax.convert.llama import expected_llama_keys, llama_config_from_hf, llama_params_from_torch
 from deemo_jax.models.llama import KVCache, Llama, LlamaConfig, count_params
 
 # MHA with the LLaMA-1 RoPE base, and GQA (4 query heads on 2 kv heads) with a LLaMA-3-style base.
@@ -76,7 +76,7 @@ def test_parity_with_transformers(setup):
     hf_config = transformers.LlamaConfig(
         **{f: getattr(config, f) for f in fields}, attn_implementation="eager"
     )
-    assert LlamaConfig.from_hf_config(hf_config.to_dict()) == config
+    assert llama_config_from_hf(hf_config.to_dict()) == config
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(hf_config).eval()
     hf.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
@@ -257,33 +257,14 @@ def test_vicuna_7b_parameter_count_without_allocation():
     assert abstract.embed_tokens.embedding.get_metadata()["logical_axes"] == ("vocab", "embed")
 
 
-def test_named_configs_and_hf_config_reading():
+def test_named_configs():
     vicuna = LlamaConfig.vicuna_7b()
     assert (vicuna.head_dim, vicuna.rms_norm_eps, vicuna.max_position_embeddings) == (128, 1e-6, 2048)
     llama2 = LlamaConfig.llama2_7b()
     assert (llama2.rms_norm_eps, llama2.max_position_embeddings) == (1e-5, 4096)
     tiny = LlamaConfig.tiny()
     assert tiny.num_key_value_heads < tiny.num_attention_heads
-
-    # An old-style (transformers 4.x) Vicuna config.json: no num_key_value_heads, no rope_theta.
-    old = {
-        "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 2048, "hidden_act": "silu", "tie_word_embeddings": False,
-        "rope_scaling": None, "torch_dtype": "float16",
-    }  # fmt: skip
-    assert LlamaConfig.from_hf_config(old) == vicuna
-    assert LlamaConfig.from_hf_config({**old, "rope_theta": 500000.0}).rope_theta == 500000.0
-    assert LlamaConfig.from_hf_config(old, remat=True).remat
-
-    with pytest.raises(ValueError, match="rope_scaling.*'linear'"):
-        LlamaConfig.from_hf_config({**old, "rope_scaling": {"type": "linear", "factor": 2.0}})
-    with pytest.raises(ValueError, match="rope_parameters.*'llama3'"):
-        LlamaConfig.from_hf_config({**old, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
-    with pytest.raises(ValueError, match="tie_word_embeddings"):
-        LlamaConfig.from_hf_config({**old, "tie_word_embeddings": True})
-    with pytest.raises(ValueError, match=r"lacks \['vocab_size'\]"):
-        LlamaConfig.from_hf_config({k: v for k, v in old.items() if k != "vocab_size"})
+    # Reading a HF config.json is conversion logic: tests/convert/test_llama_mapping.py.
     with pytest.raises(ValueError, match="num_attention_heads 4 is not a multiple of num_key_value_heads 3"):
         LlamaConfig.tiny(num_key_value_heads=3)
 

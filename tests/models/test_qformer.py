@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from torch_params import qformer_params_from_torch
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from deemo_jax.convert.qformer import qformer_params_from_torch
 from deemo_jax.convert.torch_reference import randomize_
 from deemo_jax.models.qformer import QFormer, QFormerConfig
 

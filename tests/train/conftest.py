@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from train_helpers import LABELS, WORDS, caption_record, mer_record, write_shard
+from train_helpers import LABELS, WORDS, S, T, caption_record, mer_record, write_shard
 
 from deemo_jax.data.tokenizer import train_sentencepiece_tokenizer
 
@@ -20,7 +20,9 @@ def corpus(tmp_path_factory) -> dict:
     shards.mkdir()
     write_shard(shards / "train.array_record", [mer_record(i, "train") for i in range(12)])
     write_shard(shards / "test.array_record", [mer_record(i, "test") for i in range(4)])
-    (shards / "metadata.json").write_text(json.dumps({"labels": LABELS}))
+    # What the shard builder states about every record (the frame and clip counts are read from here).
+    (shards / "metadata.json").write_text(json.dumps({"labels": LABELS, "frames": {"num_frames": T},
+                                                      "audio": {"num_clips": S}}))
     captions = root / "captions"
     captions.mkdir()
     write_shard(captions / "train.array_record", [caption_record(i) for i in range(6)])

@@ -22,7 +22,7 @@ def test_random_frozen_parts_come_back_from_the_snapshot(tmp_path):
     cfg = load_config("instruct.py", "demo")
     with cfg.unlocked():
         cfg.workdir = str(tmp_path / "run")
-        cfg.model.tiny.llm_hidden, cfg.model.tiny.llm_mlp, cfg.model.tiny.llm_layers = 16, 32, 1
+        cfg.model.overrides = {"llm": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}}
     first = _assemble(cfg)
     snapshot_random_frozen(cfg, first)
     assert (tmp_path / "run" / RANDOM_FROZEN_DIR).is_dir()

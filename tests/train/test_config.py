@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 from train_helpers import ROOT, load_config, tiny_args
 
-from deemo_jax import sharding
+from deemo_jax import exit_codes, sharding
 from deemo_jax.models.deemo_llama import PAPER_TRAINABLE, DeemoLlama, DeemoLlamaConfig
 from deemo_jax.train import cli
 from deemo_jax.train.config import ConfigError, model_config
@@ -58,7 +58,7 @@ def run_main(capsys, argv):
 )
 def test_bad_config_is_one_line_and_exit_2_before_compiling(corpus, tmp_path, capsys, compiles, extra, message):
     code, err = run_main(capsys, tiny_args(corpus, tmp_path / "run", *extra))
-    assert code == cli.EXIT_CONFIG
+    assert code == exit_codes.USAGE
     assert "\n" not in err and err.startswith("train.py: config error:")
     assert pytest.importorskip("re").search(message, err), err
     if "no_such_module" not in extra[0]:  # (that one is found while building the abstract model)
@@ -120,8 +120,8 @@ def test_parameter_and_optimizer_shardings_follow_logical_axes():
 def test_tiny_model_config_from_the_demo_config():
     cfg = load_config("instruct.py", "demo")
     model = model_config(cfg, vocab_size=1000)
-    assert model.llm.vocab_size == 1000 and model.llm.hidden_size == cfg.model.tiny.llm_hidden
-    assert model.vit.depth == cfg.model.tiny.vit_depth and model.audio_encoder is not None
+    assert model.llm.vocab_size == 1000 and model.llm.hidden_size == 128  # the "demo" preset
+    assert model.vit.depth == 2 and model.audio_encoder is not None
     with cfg.unlocked():
         cfg.model.use_audio = False
     assert model_config(cfg, 1000).audio_encoder is None

@@ -16,7 +16,7 @@ from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
 from deemo_jax.models.llama import LlamaConfig
 from deemo_jax.train.optimizer import make_optimizer
 from deemo_jax.train.partition import TrainableFilter
-from deemo_jax.train.step import make_train_step
+from deemo_jax.train.step import make_train_step, supervised_count, token_loss_sum
 
 TRAINABLE = ("video_qformer", "video_frame_position_embedding", "llama_proj")
 FAST = {"xla_backend_optimization_level": 0}  # compile option: these tiny programs compile 2x faster
@@ -43,6 +43,22 @@ def make_batch(cfg: DeemoLlamaConfig, n: int, length: int = 32) -> dict[str, np.
 
 def split_micro(batch: dict, accum: int) -> dict:
     return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in batch.items()}
+
+
+def test_token_loss_sum_matches_manual_cross_entropy():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    labels = np.array([[-100, -100, 3, 4, -100], [-100, 1, -100, -100, 6]])
+    total = token_loss_sum(jnp.asarray(logits), jnp.asarray(labels))
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            target = labels[b, t + 1]
+            if target != -100:
+                z = logits[b, t]
+                terms.append(np.log(np.sum(np.exp(z - z.max()))) + z.max() - z[target])
+    assert int(supervised_count(jnp.asarray(labels))) == len(terms) == 4
+    np.testing.assert_allclose(float(total), np.sum(terms), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

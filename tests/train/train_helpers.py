@@ -59,18 +59,17 @@ def write_shard(path: Path, records: list[dict]) -> None:
 
 
 def tiny_args(corpus: dict, workdir: Path, *extra: str, steps: int = 6) -> list[str]:
-    """``configs/instruct.py:demo`` shrunk: one layer everywhere, 2 frames/clips, batch 8 = 2 micro-batches of 4."""
+    """``configs/instruct.py:demo`` shrunk: one layer everywhere, batch 8 = 2 micro-batches of 4 (2 frames/clips per
+    record, read from the shards' metadata.json)."""
     return [
         "--config=" + str(ROOT / "configs" / "instruct.py") + ":demo",
         f"--config.workdir={workdir}",
         f"--config.data.shard_dir={corpus['shards']}",
         f"--config.data.tokenizer_path={corpus['tokenizer']}",
         f"--config.train.compilation_cache_dir={corpus['cache']}",
-        "--config.data.num_frames=2", "--config.data.num_audio_clips=2", "--config.data.max_length=320",
+        "--config.data.max_length=320",
         "--config.data.read_threads=1", "--config.data.read_buffer_size=4",
-        "--config.model.tiny.llm_hidden=32", "--config.model.tiny.llm_mlp=64", "--config.model.tiny.llm_layers=1",
-        "--config.model.tiny.vit_depth=1", "--config.model.tiny.audio_depth=1",
-        "--config.model.tiny.qformer_layers=1",
+        "--config.model.preset=tiny_1layer",
         "--config.train.global_batch_size=8", "--config.train.grad_accum_steps=2",
         f"--config.train.total_steps={steps}", "--config.train.checkpoint_every=2", "--config.train.log_every=1",
         "--config.train.progress_bar=False", "--config.optim.warmup_steps=2", "--config.eval.at_end=False",

@@ -1,5 +1,8 @@
 """Rebuild the model of a training run from its workdir, for evaluation and inference.
 
+It lives in the training package (below evaluation) because it is training's own assembly run backwards:
+evaluation imports it, training never imports evaluation.
+
 A training workdir (``scripts/train.py``) holds ``config.json`` (the full training config) and
 ``checkpoints/{step}/`` (Orbax; the ``trainable`` item holds only what training changed, see
 ``deemo_jax.train.checkpointing``). The model is rebuilt exactly as training built it
@@ -27,6 +30,10 @@ from deemo_jax import sharding
 from deemo_jax.data.pipeline import DataConfig
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
 from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
+from deemo_jax.train import checkpointing
+from deemo_jax.train.assembly import assemble_model
+from deemo_jax.train.config import data_config, model_config, tokenizer_path
+from deemo_jax.train.partition import abstract_with_shardings
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +59,6 @@ class LoadedRun:
 
     def data_config(self, *, batch_size: int, split: str | None = None) -> DataConfig:
         """The run's pipeline settings for ``split`` (placeholder counts matching the model)."""
-        from deemo_jax.train.config import data_config
-
         return data_config(self.config, self.model_config, batch_size=batch_size, split=split)
 
 
@@ -61,6 +66,16 @@ def _hint(workdir: Path) -> str:
     if Path(os.path.expanduser(str(workdir))) == Path(DEFAULT_DEMO_WORKDIR).absolute():
         return "run `make demo` first (it trains the demo model into runs/demo), or point --workdir at a training run"
     return "point --workdir at the directory given as --config.workdir to scripts/train.py"
+
+
+def setup_compilation_cache(directory: str) -> None:
+    """JAX's persistent compilation cache: a restarted run (e.g. after preemption) skips compilation."""
+    if not directory:
+        return
+    path = Path(os.path.expanduser(directory))
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def read_run_config(workdir: str | os.PathLike) -> ConfigDict:
@@ -88,12 +103,10 @@ def read_run_config(workdir: str | os.PathLike) -> ConfigDict:
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     """The finished checkpoint steps of a run, ascending."""
-    from deemo_jax.train.checkpointing import ITEMS, checkpoint_dir
-
-    directory = checkpoint_dir(workdir)
+    directory = checkpointing.checkpoint_dir(workdir)
     if not directory.is_dir():
         return []
-    with ocp.CheckpointManager(directory, item_names=ITEMS) as manager:
+    with ocp.CheckpointManager(directory, item_names=checkpointing.ITEMS) as manager:
         return sorted(manager.all_steps())
 
 
@@ -106,11 +119,6 @@ def load_run(
     ``train.compilation_cache_dir`` (the command-line tools do, so a second call skips compiling).
     Raises :class:`RunNotFoundError` (what is missing and how to fix it) before building anything.
     """
-    from deemo_jax.train import checkpointing
-    from deemo_jax.train.assembly import assemble_model
-    from deemo_jax.train.config import model_config, tokenizer_path
-    from deemo_jax.train.partition import abstract_with_shardings
-
     workdir = Path(workdir).expanduser().absolute()
     cfg = read_run_config(workdir)
     steps = checkpoint_steps(workdir)
@@ -130,8 +138,6 @@ def load_run(
             "restore it (for the demo: python scripts/make_demo_data.py) or pass the tokenizer directory"
         )
     if compilation_cache:
-        from deemo_jax.train.trainer import setup_compilation_cache
-
         setup_compilation_cache(cfg.train.compilation_cache_dir)
     tokenizer = load_tokenizer(tok_dir)
     model_cfg = model_config(cfg, tokenizer.vocab_size)
@@ -143,11 +149,7 @@ def load_run(
         target = nnx.to_pure_dict(abstract_with_shardings(asm.trainable, asm.trainable_shardings))
         with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), item_names=checkpointing.ITEMS) as manager:
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            if meta.get("layout_version") != checkpointing.LAYOUT_VERSION:
-                raise ValueError(
-                    f"checkpoint {workdir}/checkpoints/{step} has layout version {meta.get('layout_version')}; this "
-                    f"deemo-jax reads {checkpointing.LAYOUT_VERSION}: use the deemo-jax version that wrote it"
-                )
+            checkpointing.check_layout(meta, manager.directory / str(step))
             if meta.get("model_config") not in (None, repr(model_cfg)):
                 raise ValueError(
                     f"checkpoint {workdir}/checkpoints/{step} was written for another model config than "

@@ -1,4 +1,5 @@
-"""A synthetic "interview" clip with a real face (``skimage.data.astronaut()``), for tests and benchmarks.
+"""A synthetic "interview" clip with a real face (``skimage.data.astronaut()``), for tests and benchmarks
+(``from tests.deid.synthetic import write_face_video`` from the repository root).
 
 The face moves and changes size from frame to frame; the optional audio is a vowel-like harmonic tone
 with a varying amplitude envelope. Nothing here identifies a real participant (the photo is public domain).
@@ -13,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .video import FrameWriter, write_wav
+from deemo_jax.media import SAMPLE_RATE, FrameWriter, write_wav
 
 # Face box of skimage.data.astronaut() (512x512) as CenterFace finds it at full resolution (x1, y1, x2, y2).
 ASTRONAUT_FACE = (181.5, 58.2, 269.9, 177.8)
@@ -21,7 +22,7 @@ ASTRONAUT_FACE = (181.5, 58.2, 269.9, 177.8)
 
 def face_frames(n_frames: int, width: int = 640, height: int = 360) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``[T, H, W, 3]`` uint8 and the true face box per frame ``[T, 4]`` (frame pixels)."""
-    from skimage import data
+    from skimage import data  # scikit-image takes about a second to import; only this function needs it
 
     photo = data.astronaut()
     yy, xx = np.mgrid[0:height, 0:width]
@@ -43,7 +44,7 @@ def face_frames(n_frames: int, width: int = 640, height: int = 360) -> tuple[np.
     return np.stack(frames), np.asarray(boxes, np.float32)
 
 
-def vowel_audio(seconds: float, sr: int = 16000, f0: float = 140.0) -> np.ndarray:
+def vowel_audio(seconds: float, sr: int = SAMPLE_RATE, f0: float = 140.0) -> np.ndarray:
     """Harmonic tone shaped by two formant-like resonances, amplitude-modulated like syllables."""
     t = np.arange(int(seconds * sr)) / sr
     wave = np.zeros_like(t)
@@ -72,7 +73,7 @@ def write_face_video(
         wav = None
         if audio:
             wav = Path(tmp) / "tone.wav"
-            write_wav(wav, vowel_audio(n_frames / fps), 16000)
+            write_wav(wav, vowel_audio(n_frames / fps), SAMPLE_RATE)
         with FrameWriter(path, width, height, Fraction(fps), audio=wav, crf=18) as writer:
             for frame in frames:
                 writer.write(frame)
