@@ -13,6 +13,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
@@ -97,3 +98,8 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def arg_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed values of the options ``names`` as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}

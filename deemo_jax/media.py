@@ -312,7 +312,8 @@ def uniform_frame_indices(vlen: int, num_frames: int = NUM_FRAMES) -> np.ndarray
 
 def _no_audio(path: Path) -> NoAudioTrackError:
     return NoAudioTrackError(
-        f"{path.name}: the video has no audio track (the de-identification step must mux the audio back in)"
+        f"{path.name}: the video has no audio track; use a video with sound, or build video-only clips "
+        "(scripts/build_shards.py records them without audio)"
     )
 
 

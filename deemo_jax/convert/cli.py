@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from deemo_jax import exit_codes
+from deemo_jax.cli import arg_values
 from deemo_jax.convert.kinds import KINDS
 
 
@@ -66,14 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.source,
             args.input,
             args.output,
-            dtype=args.dtype,
             overrides=args.override,
-            verify=args.verify,
-            verify_layers=args.verify_layers,
-            overwrite=args.overwrite,
-            allow_unexpected=args.allow_unexpected,
-            allow_nonfinite=args.allow_nonfinite,
-            progress=args.progress,
+            **arg_values(
+                args, "dtype", "verify", "verify_layers", "overwrite", "allow_unexpected", "allow_nonfinite", "progress"
+            ),
         )
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written to --output (its staging folder was removed)", file=sys.stderr)

@@ -273,14 +273,24 @@ def _rooted(table: Mapping[str, TensorRule], component: str) -> dict[str, Tensor
     }
 
 
+def _one_component_plan(
+    kind: str,
+    component: str,
+    module: str,
+    config: Any,
+    table: Mapping[str, TensorRule],
+    ignorable: dict[str, str],
+    notes: Sequence[str] = (),
+) -> Plan:
+    """The plan of a kind that converts into the single ``component`` (the ``module`` built from ``config``)."""
+    return Plan(kind, _rooted(table, component), ignorable, {component: Component(module, config)}, notes=list(notes))
+
+
 def _plan_eva(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     _check_overrides_used(overrides, ["visual_encoder"], "eva-vit-g")
     config = infer_eva_vit_config(shapes, overrides)
-    return Plan(
-        "eva-vit-g",
-        _rooted(eva_vit_key_table(config), "visual_encoder"),
-        eva_vit_ignorable_keys(config),
-        {"visual_encoder": Component("EvaViT", config)},
+    return _one_component_plan(
+        "eva-vit-g", "visual_encoder", "EvaViT", config, eva_vit_key_table(config), eva_vit_ignorable_keys(config)
     )
 
 
@@ -320,11 +330,13 @@ def _plan_blip2(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
 def _plan_imagebind(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     _check_overrides_used(overrides, ["audio_encoder"], "imagebind-audio")
     config = infer_imagebind_audio_config(shapes, overrides)
-    return Plan(
+    return _one_component_plan(
         "imagebind-audio",
-        _rooted(imagebind_audio_key_table(config), "audio_encoder"),
+        "audio_encoder",
+        "ImageBindAudio",
+        config,
+        imagebind_audio_key_table(config),
         _reasons(imagebind_audio_ignorable_keys(), "another ImageBind modality (vision, text, depth, thermal, IMU)"),
-        {"audio_encoder": Component("ImageBindAudio", config)},
         notes=[f"{LOG_LOGIT_SCALE_KEY} is checked against logit_scale={config.logit_scale} and not stored"],
     )
 

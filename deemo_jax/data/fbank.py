@@ -69,15 +69,7 @@ def kaldi_mel_banks(
 
 
 def kaldi_fbank(
-    wave: np.ndarray,
-    sr: int = SAMPLE_RATE,
-    num_mel_bins: int = NUM_MEL_BINS,
-    *,
-    frame_length_ms: float = 25.0,
-    frame_shift_ms: float = 10.0,
-    preemphasis: float = 0.97,
-    low_freq: float = 20.0,
-    high_freq: float = 0.0,
+    wave: np.ndarray, sr: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS, **options: float
 ) -> np.ndarray:
     """Log-mel filterbank features ``float32 [num_frames, num_mel_bins]`` of channel 0 of ``wave``.
 
@@ -85,21 +77,22 @@ def kaldi_fbank(
     ``channel=-1``). Fixed Kaldi settings: snip_edges, dither 0, per-frame DC removal, pre-emphasis with the
     first sample replicated, symmetric Hann window, FFT size rounded up to a power of two, power spectrum,
     log with a float32-eps floor. A signal shorter than one frame gives ``[0, num_mel_bins]``.
+    ``options`` (keyword-only) are those of :func:`_log_mel_frames`: ``frame_length_ms`` (25), ``frame_shift_ms``
+    (10), ``preemphasis`` (0.97), ``low_freq`` (20 Hz) and ``high_freq`` (0: Nyquist).
     """
     wave = np.asarray(wave)
     if wave.ndim == 2:
         wave = wave[0]
     if wave.ndim != 1:
         raise ValueError(f"kaldi_fbank: wave must be [samples] or [channels, samples], got {wave.shape}")
-    return _log_mel_frames(
-        wave, sr, num_mel_bins, frame_length_ms, frame_shift_ms, preemphasis, low_freq, high_freq
-    )
+    return _log_mel_frames(wave, sr, num_mel_bins, **options)
 
 
 def _log_mel_frames(
     x: np.ndarray,
     sr: int,
     num_mel_bins: int,
+    *,
     frame_length_ms: float = 25.0,
     frame_shift_ms: float = 10.0,
     preemphasis: float = 0.97,

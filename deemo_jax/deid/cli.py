@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deemo_jax import exit_codes
+from deemo_jax.cli import arg_values
 from deemo_jax.files import OutputDirError, ensure_writable_dir
 from deemo_jax.media import FFmpegNotFoundError, require_ffmpeg
 
@@ -150,21 +151,13 @@ def _run_audit(args: argparse.Namespace, detector: CenterFace) -> int:
 
 def _settings(args: argparse.Namespace) -> DeidSettings:
     return DeidSettings(
-        threshold=args.threshold,
-        mask_scale=args.mask_scale,
-        carry_frames=args.carry_frames,
-        mode=args.mode,
-        shape=args.shape,
-        blur_strength=args.blur_strength,
         detect_scale=args.scale,
-        audit_threshold=args.audit_threshold,
         audio="drop" if args.drop_audio else "mcadams",
-        alpha=args.alpha,
-        random_alpha=args.random_alpha,
         alpha_range=tuple(args.alpha_range),
-        seed=args.seed,
-        crf=args.crf,
-        preset=args.preset,
+        **arg_values(
+            args, "threshold", "mask_scale", "carry_frames", "mode", "shape", "blur_strength", "audit_threshold",
+            "alpha", "random_alpha", "seed", "crf", "preset",
+        ),
     )
 
 

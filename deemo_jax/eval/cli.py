@@ -81,6 +81,8 @@ def eval_data_config(cfg: ConfigDict, run_data: DataConfig) -> DataConfig:
         overrides["max_length"] = d.max_length
     if d.instructions:
         overrides["instructions"] = tuple(d.instructions)
+    if d.skip_corrupt_records:
+        overrides["skip_corrupt_records"] = True
     data = dataclasses.replace(run_data, **overrides)
     if cfg.modalities:
         from deemo_jax.eval.evaluate import with_modalities

@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generation = {"do_sample": args.sample, "temperature": args.temperature, "seed": args.seed,
                   "top_p": args.top_p if args.sample else 1.0}
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else ()
-    from deemo_jax.deid import AuditFailedError, NotDeidentifiedError
+    from deemo_jax.deid import AuditFailedError, DetectorUnavailableError, NotDeidentifiedError
     from deemo_jax.deid import MediaError as DeidMediaError
     from deemo_jax.media import MediaError
 
@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "de-identify it with scripts/deidentify.py using stronger settings (--mask-scale, --carry-frames or "
               "--mode solid) and pass its output")
         return EXIT_FAILED
+    except DetectorUnavailableError as e:  # a missing tool: nothing was done
+        error(str(e))
+        return EXIT_USAGE
     except NotDeidentifiedError as e:
         error(f"the de-identified copy is refused, nothing of it was used: {e}")
         return EXIT_FAILED

@@ -16,9 +16,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deemo_jax.models import layers
-from deemo_jax.sharding import constrain
-
-_BLD = ("activation_batch", "activation_length", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +60,10 @@ class EvaViTConfig:
         return 1 + self.grid_size**2
 
 
-class EvaAttention(nnx.Module):
+class EvaAttention(layers.EncoderAttention):
     def __init__(self, config: EvaViTConfig, *, rngs: nnx.Rngs):
         c = config
-        self.num_heads = c.num_heads
-        self.dtype = c.dtype
-        self.implementation = c.attention_impl
+        super().__init__(c.num_heads, c.dtype, c.attention_impl)
         init = layers.DEFAULT_KERNEL_INIT
         # Columns [q | k | v], each head-major: torch ``qkv.weight.T``.
         self.qkv = nnx.Param(
@@ -85,7 +80,7 @@ class EvaAttention(nnx.Module):
         q, k, v = jnp.split(qkv, 3, axis=-1)
         q = q + self.q_bias[...].astype(self.dtype)
         v = v + self.v_bias[...].astype(self.dtype)
-        return self.proj(layers.encoder_attention(q, k, v, self.num_heads, self.implementation))
+        return self.proj(self.attend(q, k, v))
 
 
 def eva_block(config: EvaViTConfig, *, rngs: nnx.Rngs) -> layers.PreNormBlock:
@@ -103,25 +98,12 @@ class EvaViT(nnx.Module):
     def __init__(self, config: EvaViTConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.patch_embed = nnx.Conv(
-            3,
-            c.width,
-            kernel_size=(c.patch_size, c.patch_size),
-            strides=(c.patch_size, c.patch_size),
-            padding="VALID",
-            use_bias=True,
-            dtype=c.dtype,
+        self.patch_embed = layers.patch_conv(
+            3, c.width, c.patch_size, c.patch_size, use_bias=True, rngs=rngs, dtype=c.dtype,
             param_dtype=c.param_dtype,
-            rngs=rngs,
-            kernel_metadata={"logical_axes": (None, None, "conv_in", "conv_out")},
-            bias_metadata={"logical_axes": ("conv_out",)},
         )
-        init = layers.DEFAULT_KERNEL_INIT
-        self.cls_token = nnx.Param(
-            init(rngs.params(), (1, 1, c.width), c.param_dtype), logical_axes=(None, None, "embed")
-        )
-        self.pos_embed = nnx.Param(
-            init(rngs.params(), (1, c.num_tokens, c.width), c.param_dtype), logical_axes=(None, "positions", "embed")
+        self.cls_token, self.pos_embed = layers.cls_and_pos_embed(
+            c.width, c.num_tokens, rngs=rngs, param_dtype=c.param_dtype
         )
         self.blocks = nnx.List([eva_block(c, rngs=rngs) for _ in range(c.depth)])
 
@@ -135,10 +117,7 @@ class EvaViT(nnx.Module):
             )
         n = pixels.shape[0]
         x = self.patch_embed(pixels.astype(c.dtype))  # [N, g, g, width], row-major (h, w) like torch flatten(2)
-        x = x.reshape(n, -1, c.width)
-        cls = jnp.broadcast_to(self.cls_token[...].astype(c.dtype), (n, 1, c.width))
-        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(c.dtype)
-        x = constrain(x, _BLD)
+        x = layers.prepend_cls(x.reshape(n, -1, c.width), self.cls_token, self.pos_embed, c.dtype)
         for block in self.blocks:
             x = block(x)
         return x

@@ -22,9 +22,6 @@ import numpy as np
 from flax import nnx
 
 from deemo_jax.models import layers
-from deemo_jax.sharding import constrain
-
-_BLD = ("activation_batch", "activation_length", "activation_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +78,12 @@ class ImageBindAudioConfig:
         return [float(r) for r in np.linspace(0.0, self.drop_path_rate, self.depth)]
 
 
-class ImageBindAttention(nnx.Module):
+class ImageBindAttention(layers.EncoderAttention):
     """torch ``nn.MultiheadAttention(width, heads, bias=True, add_bias_kv=True)`` on batch-first input."""
 
     def __init__(self, config: ImageBindAudioConfig, *, rngs: nnx.Rngs):
         c = config
-        self.num_heads = c.num_heads
-        self.dtype = c.dtype
-        self.implementation = c.attention_impl
+        super().__init__(c.num_heads, c.dtype, c.attention_impl)
         kw = dict(rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype)
         # Columns [q | k | v], head-major within each: torch ``in_proj_weight.T``.
         self.in_proj = layers.dense(c.width, 3 * c.width, ("embed", "heads"), **kw)
@@ -104,7 +99,7 @@ class ImageBindAttention(nnx.Module):
         extra_v = jnp.broadcast_to(self.bias_v[...].astype(self.dtype), (n, 1, d))
         k = jnp.concatenate([k, extra_k], axis=1)
         v = jnp.concatenate([v, extra_v], axis=1)
-        return self.out_proj(layers.encoder_attention(q, k, v, self.num_heads, self.implementation))
+        return self.out_proj(self.attend(q, k, v))
 
 
 def imagebind_block(config: ImageBindAudioConfig, drop_path_rate: float, *, rngs: nnx.Rngs) -> layers.PreNormBlock:
@@ -122,25 +117,12 @@ class ImageBindAudio(nnx.Module):
     def __init__(self, config: ImageBindAudioConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
-        self.stem = nnx.Conv(
-            1,
-            c.width,
-            kernel_size=(c.kernel_size, c.kernel_size),
-            strides=(c.stride, c.stride),
-            padding="VALID",
-            use_bias=False,
-            dtype=c.dtype,
-            param_dtype=c.param_dtype,
-            rngs=rngs,
-            kernel_metadata={"logical_axes": (None, None, "conv_in", "conv_out")},
+        self.stem = layers.patch_conv(
+            1, c.width, c.kernel_size, c.stride, use_bias=False, rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype
         )
         self.stem_norm = layers.LayerNorm(c.width, eps=c.stem_norm_eps, param_dtype=c.param_dtype)
-        init = layers.DEFAULT_KERNEL_INIT
-        self.cls_token = nnx.Param(
-            init(rngs.params(), (1, 1, c.width), c.param_dtype), logical_axes=(None, None, "embed")
-        )
-        self.pos_embed = nnx.Param(
-            init(rngs.params(), (1, c.num_tokens, c.width), c.param_dtype), logical_axes=(None, "positions", "embed")
+        self.cls_token, self.pos_embed = layers.cls_and_pos_embed(
+            c.width, c.num_tokens, rngs=rngs, param_dtype=c.param_dtype
         )
         self.blocks = nnx.List([imagebind_block(c, rate, rngs=rngs) for rate in c.drop_path_rates()])
         self.head_norm = layers.LayerNorm(c.width, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
@@ -162,10 +144,7 @@ class ImageBindAudio(nnx.Module):
         n = fbank.shape[0]
         # NHWC with mel on H and time on W: the [N, 12, 19, C] output flattens mel-major like torch's flatten(2).
         x = self.stem(fbank[..., None].astype(c.dtype)).reshape(n, -1, c.width)
-        x = self.stem_norm(x)
-        cls = jnp.broadcast_to(self.cls_token[...].astype(c.dtype), (n, 1, c.width))
-        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(c.dtype)
-        x = constrain(x, _BLD)
+        x = layers.prepend_cls(self.stem_norm(x), self.cls_token, self.pos_embed, c.dtype)
         for block in self.blocks:
             x = block(x, rngs)
         emb = self.head_proj(self.head_norm(x)[:, 0])

@@ -101,6 +101,65 @@ def encoder_attention(
     return merge_heads(out)
 
 
+class EncoderAttention(nnx.Module):
+    """Base of the ViT encoders' attention modules: keeps the head count, compute dtype and attention
+    implementation, and runs :func:`encoder_attention` on the subclass' packed q/k/v projections."""
+
+    def __init__(self, num_heads: int, dtype: Dtype, implementation: str | None):
+        self.num_heads = num_heads
+        self.dtype = dtype
+        self.implementation = implementation
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        return encoder_attention(q, k, v, self.num_heads, self.implementation)
+
+
+def patch_conv(
+    in_channels: int,
+    width: int,
+    kernel: int,
+    stride: int,
+    *,
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> nnx.Conv:
+    """Square unpadded patch-embedding conv (NHWC), kernel ``[k, k, in, width]`` with logical axis names."""
+    return nnx.Conv(
+        in_channels,
+        width,
+        kernel_size=(kernel, kernel),
+        strides=(stride, stride),
+        padding="VALID",
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        kernel_metadata={"logical_axes": (None, None, "conv_in", "conv_out")},
+        bias_metadata={"logical_axes": ("conv_out",)},
+    )
+
+
+def cls_and_pos_embed(
+    width: int, num_tokens: int, *, rngs: nnx.Rngs, param_dtype: Dtype = jnp.float32
+) -> tuple[nnx.Param, nnx.Param]:
+    """The ViT ``cls_token [1, 1, width]`` and ``pos_embed [1, num_tokens, width]`` parameters (drawn in that order)."""
+    init = DEFAULT_KERNEL_INIT
+    cls_token = nnx.Param(init(rngs.params(), (1, 1, width), param_dtype), logical_axes=(None, None, "embed"))
+    pos_embed = nnx.Param(
+        init(rngs.params(), (1, num_tokens, width), param_dtype), logical_axes=(None, "positions", "embed")
+    )
+    return cls_token, pos_embed
+
+
+def prepend_cls(x: jax.Array, cls_token: nnx.Param, pos_embed: nnx.Param, dtype: Dtype) -> jax.Array:
+    """Patch tokens ``[N, P, width]`` -> ``[N, 1 + P, width]``: CLS first, plus the absolute position embedding."""
+    n, _, width = x.shape
+    cls = jnp.broadcast_to(cls_token[...].astype(dtype), (n, 1, width))
+    return constrain(jnp.concatenate([cls, x], axis=1) + pos_embed[...].astype(dtype), _BLD)
+
+
 class Mlp(nnx.Module):
     """ViT MLP: ``fc1`` -> exact (erf) GELU -> ``fc2``."""
 

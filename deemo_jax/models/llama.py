@@ -106,18 +106,7 @@ class LlamaConfig:
     @classmethod
     def vicuna_7b(cls, **overrides: Any) -> LlamaConfig:
         """Vicuna-7B v0 / LLaMA-1-7B (the LLM of Video-LLaMA and AffectGPT)."""
-        base = dict(
-            vocab_size=32000,
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            rms_norm_eps=1e-6,
-            rope_theta=10000.0,
-            max_position_embeddings=2048,
-        )
-        return cls(**{**base, **overrides})
+        return cls(**{**_PRESETS["vicuna_7b"], **overrides})
 
     @classmethod
     def llama2_7b(cls, **overrides: Any) -> LlamaConfig:
@@ -127,18 +116,20 @@ class LlamaConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> LlamaConfig:
         """A test-size model with grouped-query attention (4 query heads sharing 2 key/value heads)."""
-        base = dict(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-6,
-            rope_theta=10000.0,
-            max_position_embeddings=128,
-        )
-        return cls(**{**base, **overrides})
+        return cls(**{**_PRESETS["tiny"], **overrides})
+
+
+# Sizes of the named configurations (the LlamaConfig classmethods).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "vicuna_7b": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
+    ),
+    "tiny": dict(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=128,
+    ),
+}
 
 
 @struct.dataclass

@@ -51,17 +51,7 @@ from .plan import (
 )
 from .render import REST_POSE, pose_at, render_frame
 from .speech import SpeechError, require_espeak, synthesize_speech
-from .vocabulary import (
-    GESTURE_MEANING,
-    GESTURE_POLARITY,
-    NEGATIVE_GESTURES,
-    NEGATIVE_TEMPLATES,
-    NEUTRAL_GESTURES,
-    NEUTRAL_TEMPLATES,
-    POSITIVE_GESTURES,
-    POSITIVE_TEMPLATES,
-    SPORTS,
-)
+from .vocabulary import GESTURE_MEANING, GESTURE_POLARITY, SPORTS  # the rest of the word bank: demo.vocabulary
 
 __all__ = [
     "CORPUS_VERSION",
@@ -76,14 +66,8 @@ __all__ = [
     "InterviewPlan",
     "InterviewResult",
     "LABELS",
-    "NEGATIVE_GESTURES",
-    "NEGATIVE_TEMPLATES",
-    "NEUTRAL_GESTURES",
-    "NEUTRAL_TEMPLATES",
     "NoDemoClipError",
     "PLAN_FILE",
-    "POSITIVE_GESTURES",
-    "POSITIVE_TEMPLATES",
     "Prosody",
     "REST_POSE",
     "SPORTS",

@@ -7,68 +7,51 @@ from __future__ import annotations
 
 from typing import Any
 
-SPORTS: dict[str, dict[str, Any]] = {
-    "tennis": dict(
-        period="set",
-        ords=("first", "second", "third", "fourth", "fifth"),
-        event="match",
-        skills=("serve", "forehand", "backhand", "return", "footwork"),
-        places=("the tiebreak", "the long rallies", "the big points", "the return games"),
-        teams=("my team", "my coach", "everyone in my box"),
-        venue="court",
-        equipment="racket",
+
+def _by_sport(names: tuple[str, ...], **columns: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
+    """One dict per sport from one tuple per field (the field's value for each sport, in ``names`` order)."""
+    return {name: {field: values[i] for field, values in columns.items()} for i, name in enumerate(names)}
+
+
+SPORTS: dict[str, dict[str, Any]] = _by_sport(
+    ("tennis", "football", "basketball", "boxing", "american football", "UFC"),
+    period=("set", "half", "quarter", "round", "quarter", "round"),
+    ords=(
+        ("first", "second", "third", "fourth", "fifth"),
+        ("first", "second"),
+        ("first", "second", "third", "fourth"),
+        ("first", "second", "third", "fifth", "eighth", "tenth"),
+        ("first", "second", "third", "fourth"),
+        ("first", "second", "third", "fourth", "fifth"),
     ),
-    "football": dict(
-        period="half",
-        ords=("first", "second"),
-        event="match",
-        skills=("passing", "pressing", "finishing", "defending", "crossing"),
-        places=("the box", "set pieces", "midfield", "the last ten minutes"),
-        teams=("the lads", "the squad", "the whole team"),
-        venue="pitch",
-        equipment="boots",
+    event=("match", "match", "game", "fight", "game", "fight"),
+    skills=(
+        ("serve", "forehand", "backhand", "return", "footwork"),
+        ("passing", "pressing", "finishing", "defending", "crossing"),
+        ("shooting", "rebounding", "defense", "ball movement", "free throws"),
+        ("jab", "footwork", "right hand", "head movement", "body work"),
+        ("blocking", "run game", "passing game", "tackling", "route running"),
+        ("wrestling", "striking", "takedown defense", "cardio", "ground game"),
     ),
-    "basketball": dict(
-        period="quarter",
-        ords=("first", "second", "third", "fourth"),
-        event="game",
-        skills=("shooting", "rebounding", "defense", "ball movement", "free throws"),
-        places=("the paint", "transition", "the pick and roll", "the last two minutes"),
-        teams=("the guys", "the second unit", "the whole team"),
-        venue="court",
-        equipment="shoes",
+    places=(
+        ("the tiebreak", "the long rallies", "the big points", "the return games"),
+        ("the box", "set pieces", "midfield", "the last ten minutes"),
+        ("the paint", "transition", "the pick and roll", "the last two minutes"),
+        ("the exchanges", "the late rounds", "the clinches", "the middle of the ring"),
+        ("the red zone", "third downs", "the two-minute drill", "the trenches"),
+        ("the clinch", "the scrambles", "the exchanges", "the last round"),
     ),
-    "boxing": dict(
-        period="round",
-        ords=("first", "second", "third", "fifth", "eighth", "tenth"),
-        event="fight",
-        skills=("jab", "footwork", "right hand", "head movement", "body work"),
-        places=("the exchanges", "the late rounds", "the clinches", "the middle of the ring"),
-        teams=("my corner", "my trainer", "my whole camp"),
-        venue="arena",
-        equipment="gloves",
+    teams=(
+        ("my team", "my coach", "everyone in my box"),
+        ("the lads", "the squad", "the whole team"),
+        ("the guys", "the second unit", "the whole team"),
+        ("my corner", "my trainer", "my whole camp"),
+        ("the offense", "the defense", "the guys"),
+        ("my coaches", "my team", "my training partners"),
     ),
-    "american football": dict(
-        period="quarter",
-        ords=("first", "second", "third", "fourth"),
-        event="game",
-        skills=("blocking", "run game", "passing game", "tackling", "route running"),
-        places=("the red zone", "third downs", "the two-minute drill", "the trenches"),
-        teams=("the offense", "the defense", "the guys"),
-        venue="stadium",
-        equipment="helmet",
-    ),
-    "UFC": dict(
-        period="round",
-        ords=("first", "second", "third", "fourth", "fifth"),
-        event="fight",
-        skills=("wrestling", "striking", "takedown defense", "cardio", "ground game"),
-        places=("the clinch", "the scrambles", "the exchanges", "the last round"),
-        teams=("my coaches", "my team", "my training partners"),
-        venue="arena",
-        equipment="gloves",
-    ),
-}
+    venue=("court", "pitch", "court", "arena", "stadium", "arena"),
+    equipment=("racket", "boots", "shoes", "gloves", "helmet", "gloves"),
+)
 
 # Square brackets mark the key phrase that the reasoning text quotes.
 POSITIVE_TEMPLATES = (

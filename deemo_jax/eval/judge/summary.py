@@ -268,27 +268,17 @@ def write_report(
     input_failures: Sequence[dict[str, Any]],
     config: JudgeConfig,
     stats: Mapping[str, int],
-    resamples: int = 10_000,
-    seed: int = 0,
-    prices: tuple[float | None, float | None] = (None, None),
+    **summary_options: Any,
 ) -> dict[str, Any]:
     """Write scores.jsonl, failures.jsonl, summary.json and summary.md into ``output_dir``.
 
-    ``summary.json`` embeds every run recorded in ``runs.jsonl`` (``append_run``) and their totals.
+    ``summary_options`` (``resamples``, ``seed``, ``prices``) go to :func:`summarise`. ``summary.json`` embeds
+    every run recorded in ``runs.jsonl`` (``append_run``) and their totals.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(output_dir / "scores.jsonl", _score_rows(results, config))
     write_jsonl_atomic(output_dir / "failures.jsonl", failure_rows(results, input_failures, config))
-    summary = summarise(
-        results,
-        input_failures,
-        config,
-        stats,
-        resamples=resamples,
-        seed=seed,
-        runs=read_runs(output_dir),
-        prices=prices,
-    )
+    summary = summarise(results, input_failures, config, stats, runs=read_runs(output_dir), **summary_options)
     write_json_atomic(output_dir / "summary.json", summary)
     write_atomic(output_dir / "summary.md", summary_markdown(summary))
     return summary

@@ -1,0 +1,68 @@
+"""Bad-input corpus, evaluation part: a corrupt shard record stops eval.py naming it (exit 3), or, with
+``data.skip_corrupt_records``, is excluded and reported; a missing run is one line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from bad_inputs.helpers import assert_one_line_error, run_main
+
+from deemo_jax import exit_codes
+from deemo_jax.data import schema
+from deemo_jax.eval import cli
+
+
+@pytest.fixture(scope="module")
+def corrupt_split(shards, tmp_path_factory):
+    """The eval split written uncompressed, with the bytes of record 1 (``test-001``) damaged in place."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    directory = tmp_path_factory.mktemp("corrupt_eval") / "shards"
+    shutil.copytree(shards["dir"], directory)
+    path = directory / "test.array_record"
+    writer = ArrayRecordWriter(str(path), "group_size:1,uncompressed")
+    records = [r for r in shards["records"] if r["id"] != "test-009"]  # the four that fit max_length
+    for record in records[:4]:
+        writer.write(schema.encode(record))
+    writer.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"test-001")
+    for k in range(at, at + 8):
+        data[k] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return directory
+
+
+def eval_argv(tiny_run, shard_dir, out, *extra):
+    return ["eval.py", "--config=configs/eval.py", f"--config.workdir={tiny_run['workdir']}",
+            f"--config.data.shard_dir={shard_dir}", "--config.batch_size=2",
+            "--config.generation.max_new_tokens=4", f"--config.output_dir={out}", *extra]
+
+
+def test_corrupt_record_stops_eval_naming_it(tiny_run, corrupt_split, tmp_path, capsys):
+    result = run_main(cli.main, eval_argv(tiny_run, corrupt_split, tmp_path / "out"), capsys)
+    assert_one_line_error(result, "corrupt shard record", "test.array_record record 1", "skip_corrupt_records",
+                          code=exit_codes.BAD_DATA)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_skipped_corrupt_records_are_excluded_and_reported(tiny_run, corrupt_split, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run_main(cli.main, eval_argv(tiny_run, corrupt_split, out, "--config.data.skip_corrupt_records=True"),
+                      capsys)
+    assert result.code == exit_codes.OK, result.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["n_excluded_corrupt"] == 1  # 4 records = 3 evaluated + 1 excluded
+    assert metrics["excluded_corrupt_records"][0].endswith("test.array_record record 1")
+    ids = [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(ids) == ["test-000", "test-002", "test-003"]
+    assert "1 excluded as corrupt shard records" in (out / "results.md").read_text()
+    assert "excluded (corrupt records) 1" in result.out
+
+
+def test_missing_run_is_one_line(tmp_path, capsys):
+    result = run_main(cli.main, ["eval.py", "--config=configs/eval.py", f"--config.workdir={tmp_path / 'none'}"],
+                      capsys)
+    assert_one_line_error(result, str(tmp_path / "none"), "does not exist", code=exit_codes.USAGE)
