@@ -81,8 +81,9 @@ def main() -> None:
     import grain
 
     from deemo_jax.data import schema
-    from deemo_jax.data.pipeline import DataConfig, find_shards, make_iterator, tokenize_example
+    from deemo_jax.data.pipeline import DataConfig, make_iterator, tokenize_example
     from deemo_jax.data.prompts import build_prompt
+    from deemo_jax.data.shards import find_shards
     from deemo_jax.data.tokenizer import load_tokenizer, train_sentencepiece_tokenizer
 
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="deemo_data_bench_"))

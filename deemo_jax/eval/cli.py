@@ -19,8 +19,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from deemo_jax import cli, exit_codes
-from deemo_jax.data.pipeline import OVERLONG_POLICIES, CorruptRecordError, DataConfig
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
 from deemo_jax.data.prompts import TASKS
+from deemo_jax.data.shards import CorruptRecordError
 from deemo_jax.eval.report import MODALITIES
 
 USAGE = "usage: python scripts/eval.py --config=configs/eval.py[:ablations|:demo|:demo_ablations] [--config.KEY=VALUE]"

@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from deemo_jax.data.pipeline import IGNORE_INDEX, DataConfig, make_iterator, read_label_set
+from deemo_jax.data.pipeline import IGNORE_INDEX, DataConfig, make_iterator
 from deemo_jax.data.prompts import END_SYMBOL
+from deemo_jax.data.shards import read_label_set
 from deemo_jax.data.tokenizer import load_tokenizer
 from deemo_jax.eval.generate import (
     GenerationConfig,

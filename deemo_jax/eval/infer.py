@@ -143,8 +143,8 @@ def infer(
     ``run`` (from :func:`deemo_jax.train.runs.load_run`) replaces ``workdir``/``step`` when given, so
     several videos can share one loaded model. ``generation`` holds GenerationConfig fields.
     """
-    from deemo_jax.data.pipeline import read_label_set
     from deemo_jax.data.prompts import build_prompt
+    from deemo_jax.data.shards import read_label_set
     from deemo_jax.deid import DeidSettings, NotDeidentifiedError, deidentify_video, require_deidentified
     from deemo_jax.eval.generate import GenerationConfig, decode_generated, end_symbol_token_sequences, generate
     from deemo_jax.eval.labels import parse_label_with_rule

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ml_collections import ConfigDict
 
 from deemo_jax import cli, exit_codes
-from deemo_jax.data.pipeline import CorruptRecordError
+from deemo_jax.data.shards import CorruptRecordError
 from deemo_jax.train.config import ConfigError, check_config, check_mesh
 
 USAGE = "usage: python scripts/train.py --config=configs/instruct.py[:variant] [--config.KEY=VALUE ...]"

@@ -31,7 +31,8 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from deemo_jax import sharding
-from deemo_jax.data.pipeline import CorruptRecordError, DataIterator, make_iterator
+from deemo_jax.data.pipeline import DataIterator, make_iterator
+from deemo_jax.data.shards import CorruptRecordError
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
 from deemo_jax.files import write_atomic
 from deemo_jax.models.deemo_llama import check_inputs

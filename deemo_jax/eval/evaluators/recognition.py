@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
-from deemo_jax.data.pipeline import read_label_set
+from deemo_jax.data.shards import read_label_set
 from deemo_jax.eval.evaluate import evaluate_recognition
 from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
 from deemo_jax.train.config import data_config
