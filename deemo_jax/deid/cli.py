@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
+    if not 0.0 < args.audit_threshold <= AUDIT_THRESHOLD:
+        # Fail closed: an output audited more leniently would be refused by every consumer (deid/rule.py).
+        parser.error(f"--audit-threshold {args.audit_threshold}: use a value in (0, {AUDIT_THRESHOLD}]; a looser "
+                     "audit could pass a visible face, and the shard builder refuses such outputs")
     try:
         if not args.audit:  # before any work: a batch must not fail late on its output folder
             ensure_writable_dir(args.output)

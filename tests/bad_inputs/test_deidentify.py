@@ -197,6 +197,12 @@ def test_folder_without_videos_and_bad_arguments_are_usage_errors(media, tmp_pat
     assert_one_line_error(result, "needs a seed", code=exit_codes.USAGE)
 
 
+def test_a_lenient_audit_threshold_is_refused_before_any_work(media, tmp_path, capsys):
+    result = _run(capsys, media["good.mp4"], "--output", tmp_path / "out", "--audit-threshold", "0.9")
+    assert_one_line_error(result, "--audit-threshold 0.9", "use a value in (0, 0.5]", code=exit_codes.USAGE)
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ batches
 
 
