@@ -27,10 +27,25 @@ from typing import Any
 
 import numpy as np
 
-from deemo_jax import exit_codes
-from deemo_jax.data.prompts import END_SYMBOL
+from deemo_jax import exit_codes, media
+from deemo_jax.data import fbank as fb
+from deemo_jax.data.pipeline import tokenize_example
+from deemo_jax.data.prompts import END_SYMBOL, build_prompt
+from deemo_jax.data.shards import read_label_set
+from deemo_jax.deid import (
+    AuditFailedError,
+    DeidSettings,
+    DetectorUnavailableError,
+    NotDeidentifiedError,
+    deidentify_video,
+    require_deidentified,
+    sidecar_path,
+)
+from deemo_jax.eval.generate import GenerationConfig, decode_generated, end_symbol_token_sequences, generate
+from deemo_jax.eval.labels import parse_label_with_rule
 from deemo_jax.files import OutputDirError, ensure_writable_dir, write_atomic
-from deemo_jax.train.runs import LoadedRun
+from deemo_jax.media import MediaError
+from deemo_jax.train.runs import DEFAULT_DEMO_WORKDIR, LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +103,6 @@ def clip_inputs(video: Path, start: float | None, end: float | None, num_frames:
 
     A video without an audio track gets silent audio (a note says so), like a silent clip in the shards.
     """
-    from deemo_jax import media
-    from deemo_jax.data import fbank as fb
-
     info = media.probe(video)
     start = 0.0 if start is None else start
     end = info.duration if end is None else end
@@ -111,8 +123,6 @@ def clip_inputs(video: Path, start: float | None, end: float | None, num_frames:
 def prompt_ids(tokenizer: Any, prompt: str, *, max_length: int, num_video_tokens: int, num_audio_tokens: int
                ) -> np.ndarray:
     """BOS + prompt ids (placeholders checked; an over-long transcription cut as in the pipeline)."""
-    from deemo_jax.data.pipeline import tokenize_example
-
     tokens = tokenize_example(
         prompt, "", tokenizer, max_length=max_length, overlong_policy="truncate_transcription",
         num_video_tokens=num_video_tokens, num_audio_tokens=num_audio_tokens, example_id="infer",
@@ -143,13 +153,6 @@ def infer(
     ``run`` (from :func:`deemo_jax.train.runs.load_run`) replaces ``workdir``/``step`` when given, so
     several videos can share one loaded model. ``generation`` holds GenerationConfig fields.
     """
-    from deemo_jax.data.prompts import build_prompt
-    from deemo_jax.data.shards import read_label_set
-    from deemo_jax.deid import DeidSettings, NotDeidentifiedError, deidentify_video, require_deidentified
-    from deemo_jax.eval.generate import GenerationConfig, decode_generated, end_symbol_token_sequences, generate
-    from deemo_jax.eval.labels import parse_label_with_rule
-    from deemo_jax.train.runs import load_run
-
     video = Path(video).expanduser()
     if not video.is_file():
         raise FileNotFoundError(f"video {str(video)!r} does not exist; check the path")
@@ -216,8 +219,6 @@ def infer(
 
 def _keep(deid: Path, folder: Path) -> Path:
     """Copy a passed de-identified video and its sidecar into ``folder`` (the sidecar last: it vouches)."""
-    from deemo_jax.deid import sidecar_path
-
     target = folder / deid.name
     sidecar_path(target).unlink(missing_ok=True)  # never a stale sidecar next to new bytes
     write_atomic(target, deid.read_bytes())
@@ -226,8 +227,6 @@ def _keep(deid: Path, folder: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deemo_jax.train.runs import DEFAULT_DEMO_WORKDIR
-
     p = argparse.ArgumentParser(
         prog="infer.py",
         description="De-identify a video, run a trained DEEMO-LLaMA on it, print the emotion and the reasoning.",
@@ -264,9 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     generation = {"do_sample": args.sample, "temperature": args.temperature, "seed": args.seed,
                   "top_p": args.top_p if args.sample else 1.0}
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else ()
-    from deemo_jax.deid import AuditFailedError, DetectorUnavailableError, NotDeidentifiedError
-    from deemo_jax.deid import MediaError as DeidMediaError
-    from deemo_jax.media import MediaError
 
     def error(message: str) -> None:
         print(f"infer.py: {' '.join(message.split())}", file=sys.stderr)
@@ -294,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotDeidentifiedError as e:
         error(f"the de-identified copy is refused, nothing of it was used: {e}")
         return EXIT_FAILED
-    except (MediaError, DeidMediaError) as e:
+    except MediaError as e:
         error(f"cannot read the video: {e}; check that the file is a complete video ffmpeg can read")
         return EXIT_FAILED
     except KeyboardInterrupt:

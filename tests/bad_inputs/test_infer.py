@@ -45,7 +45,7 @@ def no_model(tmp_path, monkeypatch):
 @pytest.fixture
 def with_model(monkeypatch, loaded_run):  # noqa: F811
     """main() gets the session's tiny loaded run instead of loading one from --workdir."""
-    monkeypatch.setattr(deemo_jax.train.runs, "load_run", lambda *a, **k: loaded_run)
+    monkeypatch.setattr(infer_module, "load_run", lambda *a, **k: loaded_run)
     seen = []
 
     def spy(video, *args, **kwargs):  # records the file the model would read and whether the rule accepts it
@@ -90,7 +90,7 @@ def test_unwritable_keep_folder_fails_before_the_model(face_video, no_model, tmp
 
 def test_failed_audit_refuses_the_video_and_keeps_nothing(face_video, with_model, tmp_path, monkeypatch, capsys):
     weak = dataclasses.replace(deemo_jax.deid.DeidSettings(), mode="none", audio="drop")  # masks nothing
-    monkeypatch.setattr(deemo_jax.deid, "DeidSettings", lambda: weak)
+    monkeypatch.setattr(infer_module, "DeidSettings", lambda: weak)
     kept = tmp_path / "kept"
     result = run_main(main, [str(face_video), "--keep-deidentified", str(kept)], capsys)
     assert_one_line_error(result, str(face_video), "privacy audit", "nothing of it was used", code=SOME_FAILED)
@@ -112,7 +112,7 @@ def test_video_with_a_stale_sidecar_is_deidentified_first_not_used_as_is(face_vi
     shutil.copy(face_video, video)
     sidecar(video, sha_of=tmp_path / "other.mp4")  # a passing sidecar, written for other bytes
     with pytest.raises(Reached):
-        infer(video, workdir="unused", run=deemo_jax.train.runs.load_run())
+        infer(video, workdir="unused", run=infer_module.load_run())
     ((read, passed),) = with_model
     assert read != video and read.name == "clip.deid.mp4"
     assert passed is True  # what the model reads passes the one rule
