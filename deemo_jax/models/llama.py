@@ -1,9 +1,12 @@
 """LLaMA / Vicuna decoder (HF ``LlamaForCausalLM`` numerics) in Flax NNX, with a functional KV cache.
 
 Numerics follow transformers' LLaMA: RMSNorm variance in float32, cast back to the input dtype, then times the
-weight; rotary embeddings in the "rotate half" (non-interleaved) convention with ``rope_theta``; grouped-query
-attention; SwiGLU MLP; untied ``lm_head``; no biases. Softmax always runs in float32; logits are returned in
-float32.
+weight; rotary embeddings in the "rotate half" (non-interleaved) convention with ``rope_theta`` and optional
+``linear`` or ``llama3`` scaling of the inverse frequencies; grouped-query attention with a ``head_dim`` that may
+differ from ``hidden_size / num_attention_heads``; SwiGLU MLP; optional biases on the q/k/v projections, on
+``o_proj`` and on the MLP (HF ``attention_bias`` = all four attention projections, Qwen2 = q/k/v only,
+``mlp_bias``); an ``lm_head`` or, with ``tie_word_embeddings``, logits ``hidden @ embed_tokens.T`` (then there is
+no ``lm_head`` parameter). Softmax always runs in float32; logits are returned in float32.
 
 Positions and padding
 ---------------------
@@ -66,6 +69,19 @@ class LlamaConfig:
     rms_norm_eps: float
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
+    # Per-head width; None: hidden_size // num_attention_heads (read it as ``head_dim``).
+    head_dim_override: int | None = None
+    # RoPE scaling of the inverse frequencies (transformers' rope_type): "default" (none), "linear"
+    # (inv_freq / rope_factor, i.e. positions / factor) or "llama3" (frequency-dependent, Llama 3.1).
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_position_embeddings: int = 8192  # llama3 only
+    qkv_bias: bool = False  # biases on q_proj, k_proj, v_proj (HF attention_bias; Qwen2)
+    o_proj_bias: bool = False  # bias on o_proj (HF attention_bias)
+    mlp_bias: bool = False  # biases on gate_proj, up_proj, down_proj
+    tie_word_embeddings: bool = False  # logits = hidden @ embed_tokens.T, no lm_head
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: bool = False
@@ -82,14 +98,33 @@ class LlamaConfig:
             "num_attention_heads",
             "num_key_value_heads",
             "max_position_embeddings",
+            "rope_original_max_position_embeddings",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value <= 0:
                 raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim_override is not None:
+            if not isinstance(self.head_dim_override, int | np.integer) or self.head_dim_override <= 0:
+                raise ValueError(
+                    f"LlamaConfig.head_dim_override must be a positive int or None, got {self.head_dim_override!r}"
+                )
+        elif self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"LlamaConfig: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}"
+                f"{self.num_attention_heads} (set head_dim_override for a decoupled head width)"
+            )
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"LlamaConfig.rope_type {self.rope_type!r} is not one of {ROPE_TYPES}")
+        if self.rope_type == "default" and self.rope_factor != 1.0:
+            raise ValueError(
+                f"LlamaConfig: rope_factor {self.rope_factor} needs rope_type 'linear' or 'llama3', not 'default'"
+            )
+        if not self.rope_factor > 0:
+            raise ValueError(f"LlamaConfig.rope_factor must be positive, got {self.rope_factor!r}")
+        if self.rope_type == "llama3" and not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+            raise ValueError(
+                f"LlamaConfig: llama3 RoPE needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
+                f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -101,6 +136,9 @@ class LlamaConfig:
 
     @property
     def head_dim(self) -> int:
+        """Per-head width: ``head_dim_override``, else ``hidden_size // num_attention_heads``."""
+        if self.head_dim_override is not None:
+            return int(self.head_dim_override)
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
@@ -118,6 +156,8 @@ class LlamaConfig:
         """A test-size model with grouped-query attention (4 query heads sharing 2 key/value heads)."""
         return cls(**{**_PRESETS["tiny"], **overrides})
 
+
+ROPE_TYPES = ("default", "linear", "llama3")
 
 # Sizes of the named configurations (the LlamaConfig classmethods).
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -171,11 +211,41 @@ class RMSNorm(nnx.Module):
         return y.astype(x.dtype) * self.scale[...].astype(self.dtype)
 
 
+def rope_inv_freq(config: LlamaConfig) -> jax.Array:
+    """The ``head_dim // 2`` RoPE inverse frequencies (float32) of ``config``, scaled per ``rope_type``.
+
+    ``default``: ``1 / theta ** (2i / head_dim)``. ``linear``: those divided by ``rope_factor`` (the same as
+    dividing the positions by it). ``llama3`` (Llama 3.1): with ``wavelen = 2 pi / inv_freq`` and the pretraining
+    context ``N = rope_original_max_position_embeddings``, wavelengths above ``N / low_freq_factor`` are divided by
+    ``factor``, those below ``N / high_freq_factor`` kept, and the band in between interpolated with
+    ``s = (N / wavelen - low) / (high - low)``: ``(1 - s) * inv_freq / factor + s * inv_freq``.
+    """
+    c = config
+    hd = c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    if c.rope_type == "linear":
+        return inv_freq / c.rope_factor
+    if c.rope_type == "llama3":
+        old_context = float(c.rope_original_max_position_embeddings)
+        low, high, factor = c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+        return jnp.where(medium, smoothed, scaled)
+    return inv_freq
+
+
 def rotary_cos_sin(
-    positions: jax.Array, head_dim: int, theta: float, dtype: Dtype
+    positions: jax.Array, head_dim: int, theta: float, dtype: Dtype, *, inv_freq: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """cos/sin ``[B, L, head_dim]`` for integer positions [B, L] (frequencies, angles in float32 like HF)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    """cos/sin ``[B, L, head_dim]`` for integer positions [B, L] (frequencies, angles in float32 like HF).
+
+    ``inv_freq`` (from :func:`rope_inv_freq`) replaces the unscaled frequencies of ``head_dim`` and ``theta``.
+    """
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
@@ -192,12 +262,13 @@ class LlamaAttention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
         c = config
-        kv_dim = c.num_key_value_heads * c.head_dim
-        kw = dict(rngs=rngs, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype)
-        self.q_proj = layers.dense(c.hidden_size, c.hidden_size, ("embed", "heads"), **kw)
-        self.k_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), **kw)
-        self.v_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), **kw)
-        self.o_proj = layers.dense(c.hidden_size, c.hidden_size, ("heads", "embed"), **kw)
+        q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        kw = dict(rngs=rngs, dtype=c.dtype, param_dtype=c.param_dtype)
+        # A bias takes the logical axis of its kernel's output dim (layers.dense).
+        self.q_proj = layers.dense(c.hidden_size, q_dim, ("embed", "heads"), use_bias=c.qkv_bias, **kw)
+        self.k_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), use_bias=c.qkv_bias, **kw)
+        self.v_proj = layers.dense(c.hidden_size, kv_dim, ("embed", "kv_heads"), use_bias=c.qkv_bias, **kw)
+        self.o_proj = layers.dense(q_dim, c.hidden_size, ("heads", "embed"), use_bias=c.o_proj_bias, **kw)
 
     def __call__(
         self,
@@ -236,7 +307,7 @@ class LlamaAttention(nnx.Module):
 class LlamaMLP(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         c = config
-        kw = dict(rngs=rngs, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype)
+        kw = dict(rngs=rngs, use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype)
         self.gate_proj = layers.dense(c.hidden_size, c.intermediate_size, ("embed", "mlp"), **kw)
         self.up_proj = layers.dense(c.hidden_size, c.intermediate_size, ("embed", "mlp"), **kw)
         self.down_proj = layers.dense(c.intermediate_size, c.hidden_size, ("mlp", "embed"), **kw)
@@ -276,7 +347,10 @@ def _is_concrete(x: Any) -> bool:
 
 
 class Llama(nnx.Module):
-    """``LlamaForCausalLM``: ``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``."""
+    """``LlamaForCausalLM``: ``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``.
+
+    With ``config.tie_word_embeddings`` there is no ``lm_head``: the logits are ``hidden @ embed_tokens.T``.
+    """
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         if not isinstance(config, LlamaConfig):
@@ -294,15 +368,16 @@ class Llama(nnx.Module):
         )
         self.layers = nnx.List([LlamaDecoderLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
-        self.lm_head = layers.dense(
-            c.hidden_size,
-            c.vocab_size,
-            ("embed", "vocab"),
-            rngs=rngs,
-            use_bias=False,
-            dtype=c.dtype,
-            param_dtype=c.param_dtype,
-        )
+        if not c.tie_word_embeddings:  # tied: the logits use embed_tokens, and there is no lm_head at all
+            self.lm_head = layers.dense(
+                c.hidden_size,
+                c.vocab_size,
+                ("embed", "vocab"),
+                rngs=rngs,
+                use_bias=False,
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+            )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """Token embeddings ``[B, L, D]`` in the compute dtype (ids must lie in ``[0, vocab_size)``)."""
@@ -423,7 +498,7 @@ class Llama(nnx.Module):
             mask = causal[None, None, :, :] & key_mask[:, None, None, :]  # [B, 1, L, max_length]
             is_causal, kvs = False, list(zip(cache.keys, cache.values, strict=True))
 
-        cos, sin = rotary_cos_sin(positions, c.head_dim, c.rope_theta, c.dtype)
+        cos, sin = rotary_cos_sin(positions, c.head_dim, c.rope_theta, c.dtype, inv_freq=rope_inv_freq(c))
         run = _run_layer_remat if c.remat else _run_layer
         new_kvs = []
         for layer, kv in zip(self.layers, kvs, strict=True):
@@ -432,7 +507,10 @@ class Llama(nnx.Module):
         if logits_to_keep:
             x = x[:, length - logits_to_keep :]
         x = self.norm(x)
-        logits = self.lm_head(x).astype(jnp.float32)
+        if c.tie_word_embeddings:
+            logits = self.embed_tokens.attend(x).astype(jnp.float32)
+        else:
+            logits = self.lm_head(x).astype(jnp.float32)
         logits = sharding.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
         if cache is None:

@@ -23,8 +23,9 @@ from ml_collections import ConfigDict
 
 from deemo_jax import sharding
 from deemo_jax.convert.converted import ConvertedCheckpointError, read_manifest
-from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig, with_shard_facts
+from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
 from deemo_jax.data.prompts import TASKS
+from deemo_jax.data.shards import with_shard_facts
 from deemo_jax.models import attention
 from deemo_jax.models.deemo_llama import PAPER_TRAINABLE, PRESETS, DeemoLlamaConfig
 from deemo_jax.models.llama import LlamaConfig
@@ -234,7 +235,8 @@ def check_config(cfg: ConfigDict) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             _fail(f"config.data.{key} = {value!r}: set it to 0 (read from the shards' metadata.json) or to the count")
     try:
-        with_shard_facts(DataConfig(shard_dir=str(shards), num_frames=d.num_frames, num_audio_clips=d.num_audio_clips))
+        with_shard_facts(DataConfig(shard_dir=str(shards), num_frames=d.num_frames, num_audio_clips=d.num_audio_clips,
+                                    use_video=d.use_video, use_audio=d.use_audio))
     except ValueError as e:
         _fail(str(e))
     tok = tokenizer_path(cfg)

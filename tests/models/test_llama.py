@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 
 import jax
@@ -11,7 +13,7 @@ import pytest
 from flax import nnx
 
 from deemo_jax.convert.llama import expected_llama_keys, llama_config_from_hf, llama_params_from_torch
-from deemo_jax.models.llama import KVCache, Llama, LlamaConfig, count_params
+from deemo_jax.models.llama import KVCache, Llama, LlamaConfig, count_params, rope_inv_freq
 
 # MHA with the LLaMA-1 RoPE base, and GQA (4 query heads on 2 kv heads) with a LLaMA-3-style base.
 CONFIGS = {
@@ -33,6 +35,8 @@ def random_state_dict(config: LlamaConfig, seed: int) -> dict[str, np.ndarray]:
     for key, shape in expected_llama_keys(config).items():
         if key.endswith("norm.weight") or "layernorm" in key:
             out[key] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        elif key.endswith(".bias"):
+            out[key] = (0.5 * rng.standard_normal(shape)).astype(np.float32)
         elif key.endswith("embed_tokens.weight"):
             out[key] = rng.standard_normal(shape).astype(np.float32)
         else:
@@ -300,3 +304,184 @@ def test_bad_inputs_raise_value_errors(tiny):
     ):
         model(ids, cache=cache)
     assert isinstance(model.init_cache(2, 8), KVCache)
+
+
+# ------------------------------------------------------------------------ the LLaMA family of config.json
+# Each case is a transformers config (model_type, fields beyond HF_BASE); the HF model is the reference, its
+# state dict the weights, and llama_config_from_hf(its config.to_dict()) our config.
+HF_BASE = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=64,
+)  # fmt: skip
+# rope_theta 1e4, head_dim 8 (wavelengths 6.3, 63, 628, 6283), original context 32, band edges 32/4 = 8 and
+# 32/0.25 = 128: the frequencies fall in all three llama3 bands (kept, interpolated, divided by the factor).
+LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=0.25, high_freq_factor=4.0,
+                   original_max_position_embeddings=32)  # fmt: skip
+HF_CASES = {
+    "tied": ("llama", dict(tie_word_embeddings=True)),
+    "llama3_rope": ("llama", dict(rope_parameters=LLAMA3_ROPE)),
+    "linear_rope": ("llama", dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0))),
+    "head_dim": ("llama", dict(head_dim=16)),  # 4 heads of 16 on a width of 32
+    "biases": ("llama", dict(attention_bias=True, mlp_bias=True)),
+    "qwen2": ("qwen2", dict(rope_parameters=dict(rope_type="default", rope_theta=1e6))),
+    "mistral": ("mistral", dict(sliding_window=None, head_dim=16)),
+    # Everything at once: what the KV-cache test decodes with.
+    "combined": ("llama", dict(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE, head_dim=16,
+                               attention_bias=True, mlp_bias=True)),
+}  # fmt: skip
+EXPECTED = {  # what each case must turn into (beyond the base fields)
+    "tied": dict(tie_word_embeddings=True),
+    "llama3_rope": dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=0.25,
+                        rope_original_max_position_embeddings=32),
+    "linear_rope": dict(rope_type="linear", rope_factor=4.0),
+    "head_dim": dict(head_dim_override=16),
+    "biases": dict(qkv_bias=True, o_proj_bias=True, mlp_bias=True),
+    "qwen2": dict(qkv_bias=True, o_proj_bias=False, mlp_bias=False, rope_theta=1e6),
+    "mistral": dict(head_dim_override=16),
+    "combined": dict(tie_word_embeddings=True, rope_type="llama3", head_dim_override=16, qkv_bias=True,
+                     o_proj_bias=True, mlp_bias=True),
+}  # fmt: skip
+
+
+def randomize_hf_(model, seed: int) -> None:
+    """Weights scaled so activations stay O(1), biases clearly non-zero (HF's init would hide errors)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied lm_head is the embedding: listed once
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.5 * noise)
+            elif "embed_tokens" in name:
+                p.copy_(noise)
+            else:
+                p.copy_(noise / p.shape[1] ** 0.5)
+
+
+def hf_model(case: str, seed: int = 0):
+    transformers = pytest.importorskip("transformers")
+    model_type, fields = HF_CASES[case]
+    hf_config = transformers.AutoConfig.for_model(model_type, **HF_BASE, **fields, attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+    randomize_hf_(model, seed)
+    return model
+
+
+@functools.cache
+def build_case(name: str):
+    """(name, HF model, our config, our model, its jitted forward), built once per test session."""
+    pytest.importorskip("torch")
+    hf = hf_model(name)
+    config = llama_config_from_hf(hf.config.to_dict())
+    state_dict = {k: v.numpy().copy() for k, v in hf.state_dict().items()}  # tied: lm_head == embedding
+    model = load_jax(config, state_dict)
+    return name, hf, config, model, make_forward(model)
+
+
+@pytest.fixture(params=sorted(HF_CASES))
+def hf_case(request):
+    return build_case(request.param)
+
+
+def test_config_json_family_parity_with_transformers(hf_case):
+    import torch
+
+    name, hf, config, model, forward = hf_case
+    assert {k: getattr(config, k) for k in HF_BASE} == HF_BASE
+    assert {k: getattr(config, k) for k in EXPECTED[name]} == EXPECTED[name]
+    if config.tie_word_embeddings:  # no lm_head parameter at all
+        assert not hasattr(model, "lm_head")
+        assert not any("lm_head" in str(path) for path, _ in nnx.to_flat_state(nnx.state(model)))
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, config.vocab_size, size=(3, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    mask[2, -5:] = 0  # right padding
+    position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.inference_mode():
+        ref = hf(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            position_ids=torch.from_numpy(position_ids).long(),
+        ).logits.numpy()
+    logits, _ = forward(ids, attention_mask=mask)
+    diff = float(np.abs(np.asarray(logits) - ref)[mask.astype(bool)].max())
+    print(f"[{name}] max |logits - {type(hf).__name__}|: {diff:.2e}")
+    assert diff <= 1e-4
+    assert float(np.abs(ref).max()) > 1.0
+
+
+def test_llama3_rope_frequencies_cover_every_band():
+    """The llama3 case really exercises the three bands, and matches transformers' frequencies."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for case in ("llama3_rope", "linear_rope"):
+        model_type, fields = HF_CASES[case]
+        hf_config = transformers.AutoConfig.for_model(model_type, **HF_BASE, **fields)
+        config = llama_config_from_hf(hf_config.to_dict())
+        ref, _ = ROPE_INIT_FUNCTIONS[config.rope_type](hf_config)
+        ours = np.asarray(rope_inv_freq(config))
+        np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-6)
+        plain = np.asarray(rope_inv_freq(LlamaConfig(**HF_BASE, rope_theta=config.rope_theta)))
+        ratio = plain / ours
+        if case == "linear_rope":
+            np.testing.assert_allclose(ratio, 4.0, rtol=1e-6)
+        else:  # kept (ratio 1), interpolated (between 1 and 8), divided by the factor (8)
+            assert ratio[0] == 1.0 and 1.0 < ratio[1] < 8.0 and np.allclose(ratio[2:], 8.0, rtol=1e-6)
+
+
+def test_kv_cache_decoding_with_every_new_field():
+    """Tied embeddings, llama3 RoPE, a decoupled head_dim and all biases: cached decode = full recompute."""
+    name, _, config, model, forward = build_case("combined")  # its parity with HF is checked above
+    rng = np.random.default_rng(2)
+    prompt = rng.integers(0, config.vocab_size, size=(2, 5)).astype(np.int32)
+    prompt_mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int32)
+    new = rng.integers(0, config.vocab_size, size=(2, 3)).astype(np.int32)
+    full_mask = np.pad(prompt_mask, ((0, 0), (0, 3)), constant_values=1)
+    full, _ = forward(np.concatenate([prompt, new], 1), attention_mask=full_mask)
+    cache = model.init_cache(2, 8)
+    assert cache.keys[0].shape == (2, 8, config.num_key_value_heads, 16)
+    logits, cache = forward(prompt, attention_mask=prompt_mask, cache=cache)
+    errors = [np.abs(np.asarray(logits) - np.asarray(full[:, :5]))[prompt_mask.astype(bool)].max()]
+    for t in range(3):
+        logits, cache = forward(new[:, t : t + 1], cache=cache)
+        errors.append(np.abs(np.asarray(logits[:, 0]) - np.asarray(full[:, 5 + t])).max())
+    print(f"[{name}] max |cached - full|: {max(errors):.2e}")
+    assert max(errors) <= 1e-5
+
+
+def test_new_params_carry_logical_axes():
+    config = LlamaConfig.tiny(qkv_bias=True, o_proj_bias=True, mlp_bias=True, tie_word_embeddings=True,
+                              head_dim_override=16)  # fmt: skip
+    abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+    attn, mlp = abstract.layers[0].self_attn, abstract.layers[0].mlp
+    axes = {
+        "q": attn.q_proj.bias, "k": attn.k_proj.bias, "v": attn.v_proj.bias, "o": attn.o_proj.bias,
+        "gate": mlp.gate_proj.bias, "up": mlp.up_proj.bias, "down": mlp.down_proj.bias,
+    }  # fmt: skip
+    assert {k: v.get_metadata()["logical_axes"] for k, v in axes.items()} == {
+        "q": ("heads",), "k": ("kv_heads",), "v": ("kv_heads",), "o": ("embed",),
+        "gate": ("mlp",), "up": ("mlp",), "down": ("embed",),
+    }  # fmt: skip
+    assert attn.q_proj.kernel.shape == (32, 4 * 16) and attn.o_proj.kernel.shape == (4 * 16, 32)
+    assert not hasattr(abstract, "lm_head")
+    # Tied: the embedding is the only vocab-sized parameter.
+    plain = nnx.eval_shape(lambda: Llama(LlamaConfig.tiny(), rngs=nnx.Rngs(0)))
+    tied_only = nnx.eval_shape(lambda: Llama(LlamaConfig.tiny(tie_word_embeddings=True), rngs=nnx.Rngs(0)))
+    assert count_params(plain) - count_params(tied_only) == 128 * 32
+
+
+def test_bad_new_config_fields():
+    with pytest.raises(ValueError, match="rope_type 'yarn' is not one of"):
+        LlamaConfig.tiny(rope_type="yarn", rope_factor=2.0)
+    with pytest.raises(ValueError, match="rope_factor 2.0 needs rope_type 'linear' or 'llama3'"):
+        LlamaConfig.tiny(rope_factor=2.0)
+    with pytest.raises(ValueError, match="hidden_size 30 is not divisible by num_attention_heads 4"):
+        LlamaConfig.tiny(hidden_size=30)
+    assert LlamaConfig.tiny(hidden_size=30, head_dim_override=8).head_dim == 8
+    # A derived head_dim follows the width (a preset override of hidden_size keeps working).
+    assert dataclasses.replace(LlamaConfig.tiny(), hidden_size=64).head_dim == 16

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from train_helpers import ROOT, mer_record, read_rows, run_train, start_train, tiny_args, train_env, write_shard
 
+from deemo_jax import exit_codes
 from deemo_jax.data.pipeline import DataConfig, make_iterator
 from deemo_jax.train.checkpointing import ITEMS
 
@@ -109,7 +110,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
     workdir = tmp_path / "nan"
     args = tiny_args(corpus, workdir, f"--config.data.shard_dir={shards}", steps=STEPS)
     result = run_train(args, train_env(1), tmp_path / "log.txt")
-    assert result.returncode == 1, result.stdout[-3000:]
+    assert result.returncode == exit_codes.NON_FINITE, result.stdout[-3000:]
     message = result.stdout.strip().splitlines()[-1]
     assert message.startswith("train.py: step 4: loss nan") and "non-finite gradients in audio_llama_proj" in message
     assert "last good checkpoint is step 2" in message
