@@ -38,15 +38,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.batch_size = 8
     c.labels = ()  # label set the answers are parsed over; empty = the run's data.labels, else the shards'
     # Overrides of the run's data settings ("" / 0 = the run's value).
+    # template: "" = the run's own (recorded in its checkpoints); a name must be that same template, else exit 2.
     c.data = ConfigDict(dict(shard_dir="", split="test", tokenizer_path="", task="", max_length=0,
-                             instructions=(), overlong_policy="",
+                             instructions=(), overlong_policy="", template="",
                              # True: corrupt shard records are excluded and listed in the report (else exit 3)
                              skip_corrupt_records=False))
     c.modalities = ""  # e.g. "transcription+video"; "" = the run's data modalities
     c.ablations = ()  # rows like "transcription+video"; non-empty = one pass per row and table4.md
     c.generation = ConfigDict(dict(max_new_tokens=300, do_sample=False, temperature=1.0, top_p=1.0, seed=0,
                                    length_bucket=32))
-    c.end_symbol = "###"
     if variant in ("ablations", "demo_ablations"):
         c.ablations = TABLE4
     if variant.startswith("demo"):

@@ -2,9 +2,10 @@
 
 Exit codes (``deemo_jax.exit_codes``), each failure with a one-line message (``--debug`` shows the traceback)
 and nothing written under ``--output``:
-0 converted (and verified, with ``--verify``); 1 verification failed; 2 usage: bad arguments, an input that is
-not a checkpoint of this kind (missing/unexpected/mis-shaped keys, wrong kind, refused pickle), an output that
-exists or cannot be written, torch missing; 3 bad data: the checkpoint is damaged (NaN/Inf values, truncated or
+0 converted (and verified, with ``--verify``); 1 verification failed; 2 usage: bad arguments (an unknown
+``--template``), an input that is not a checkpoint of this kind (missing/unexpected/mis-shaped keys, wrong kind,
+refused pickle), an LLM tokenizer that does not load or a template that does not fit it, an output that exists
+or cannot be written, torch missing; 3 bad data: the checkpoint is damaged (NaN/Inf values, truncated or
 corrupt file); 130 interrupted.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from deemo_jax import exit_codes
 from deemo_jax.cli import arg_values
 from deemo_jax.convert.kinds import KINDS
+from deemo_jax.data.templates import NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-nonfinite", action="store_true",
         help="convert tensors holding NaN/Inf instead of failing (they are listed in the manifest)",
+    )
+    p.add_argument(
+        "--template", default="", metavar="NAME",
+        help="LLM kinds: the prompt template recorded with the LLM, one of " + ", ".join(NAMES)
+        + " (default: the tokenizer's chat template, else vicuna)",
     )
     p.add_argument(
         "--override", action="append", default=[], metavar="COMPONENT.FIELD=VALUE",
@@ -69,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.output,
             overrides=args.override,
             **arg_values(
-                args, "dtype", "verify", "verify_layers", "overwrite", "allow_unexpected", "allow_nonfinite", "progress"
+                args, "dtype", "verify", "verify_layers", "overwrite", "allow_unexpected", "allow_nonfinite",
+                "progress", "template",
             ),
         )
     except KeyboardInterrupt:

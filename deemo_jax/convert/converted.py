@@ -5,7 +5,10 @@ On-disk layout of a converted directory ``OUT/``::
     OUT/manifest.json   written last; a directory without it is not a converted checkpoint (an interrupted run)
     OUT/params/         one Orbax (v1) PyTree checkpoint: {component: NNX pure dict}, e.g.
                         {"llama": {"embed_tokens": {"embedding": ...}, "layers": {0: {...}, ...}, ...}}
-    OUT/tokenizer/      hf-llama only: the tokenizer files of the source directory
+    OUT/tokenizer/      LLM kinds: hf-llama (the source's tokenizer files) and gguf (written by transformers)
+
+An LLM's manifest has an ``llm`` section (family, prompt template, tokenizer; see
+:mod:`deemo_jax.convert.llm_tokenizer`), read with :func:`llm_record`.
 
 Components are named after the ``DeemoLlama`` attributes (``visual_encoder``, ``ln_vision``, ``image_qformer``,
 ``audio_encoder``, ``llama``, ``video_qformer``, ``video_frame_position_embedding``, ``llama_proj``,
@@ -40,6 +43,7 @@ from tqdm import tqdm
 from deemo_jax.convert.common import TensorRule, compare_shapes, linear_kernel, mismatch_report, set_path
 from deemo_jax.convert.kinds import Plan, config_to_dict, structural_config
 from deemo_jax.convert.readers import TensorReader
+from deemo_jax.data.templates import PromptTemplate
 from deemo_jax.files import write_atomic
 
 FORMAT = "deemo-jax-converted"
@@ -235,7 +239,7 @@ def read_manifest(directory: str | Path) -> dict:
     directory or its manifest is missing, unreadable, not JSON, not a deemo-jax manifest, too new, or lacks
     ``params/``.
     """
-    directory = Path(directory)
+    directory = Path(directory).expanduser().absolute()  # Orbax needs absolute paths
     path = directory / MANIFEST
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
@@ -275,6 +279,37 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
+LLM_RECORD_KEYS = {"family", "template", "tokenizer"}
+
+
+def llm_record(directory: str | Path) -> dict | None:
+    """The ``llm`` section of a converted LLM's manifest: ``{"family", "template", "tokenizer"}`` (see
+    :mod:`deemo_jax.convert.llm_tokenizer`); ``PromptTemplate.from_record(record["template"])`` gives the template.
+
+    None when the checkpoint has none (another kind, or converted before templates were recorded). Raises
+    ``ConvertedCheckpointError`` (one line) for a malformed section.
+    """
+    manifest = read_manifest(directory)
+    record = manifest.get("llm")
+    if record is None:
+        return None
+    path = Path(directory) / MANIFEST
+    if not isinstance(record, dict) or set(record) != LLM_RECORD_KEYS:
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ConvertedCheckpointError(
+            f"{path} is corrupt: its llm section must have the keys {sorted(LLM_RECORD_KEYS)}, has {found}; {RECONVERT}"
+        )
+    try:
+        PromptTemplate.from_record(record["template"])
+    except (TypeError, ValueError) as e:
+        raise ConvertedCheckpointError(
+            f"{path} is corrupt: llm.template is not a prompt template ({e}); {RECONVERT}"
+        ) from None
+    if record["tokenizer"] is not None and not isinstance(record["tokenizer"], dict):
+        raise ConvertedCheckpointError(f"{path} is corrupt: llm.tokenizer must be a map or null; {RECONVERT}")
+    return record
+
+
 # ---------------------------------------------------------------------------------------------- loading
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
     out = {}
@@ -288,7 +323,7 @@ def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
 
 def stored_tree(directory: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``"component/path/to/leaf" -> (shape, dtype)`` of the stored parameters (metadata only)."""
-    directory = Path(directory)
+    directory = Path(directory).expanduser().absolute()  # Orbax needs absolute paths
     manifest = read_manifest(directory)
     meta = ocp.metadata(directory / manifest.get("params", PARAMS_DIR)).metadata
     return {path_str(k): (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten(meta).items()}
@@ -311,7 +346,7 @@ def load_params(directory: str | Path, abstract: Mapping, *, partial: bool = Fal
     The stored tree is checked against ``abstract`` first (every path and shape; with ``partial`` only the
     requested paths must exist). Leaves come back as ``jax.Array`` in the abstract dtype and sharding.
     """
-    directory = Path(directory)
+    directory = Path(directory).expanduser().absolute()  # Orbax needs absolute paths
     manifest = read_manifest(directory)
     stored = stored_tree(directory)
     wanted = {path_str(k): tuple(v.shape) for k, v in _flatten(abstract).items()}
@@ -443,7 +478,7 @@ def load_converted(
     Raises:
       ConvertedCheckpointError: no/foreign manifest, config mismatch, or tree/shape mismatch (all listed).
     """
-    directory = Path(directory)
+    directory = Path(directory).expanduser().absolute()  # Orbax needs absolute paths
     manifest = read_manifest(directory)
     pure, own_config, target_type = _target_view(target)
     placement = _placement(manifest, pure, component)

@@ -348,9 +348,9 @@ def _plan_imagebind(shapes: Shapes, overrides: Overrides, source: Path) -> Plan:
     )
 
 
+TOKENIZER_MODEL_FILES = ("tokenizer.model", "tokenizer.json")  # a tokenizer needs one of them
 TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
+    *TOKENIZER_MODEL_FILES,
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
@@ -448,6 +448,7 @@ class Kind:
     build: Callable[[Shapes, Overrides, Path], Plan]
     input_is_dir: bool = False
     open_reader: Callable[[Path], Any] | None = None  # a TensorReader for --input (default: readers.open_checkpoint)
+    llm: bool = False  # converts an LLM and its tokenizer: the manifest gets an "llm" section, --template applies
 
 
 def _has(*keys: str) -> Callable[[set[str]], bool]:
@@ -493,6 +494,7 @@ KINDS: dict[str, Kind] = {
             _has("model.layers.0.self_attn.q_proj.weight"),
             _plan_llama,
             input_is_dir=True,
+            llm=True,
         ),
         Kind(
             "video-llama",
@@ -512,6 +514,7 @@ KINDS: dict[str, Kind] = {
             _has("token_embd.weight", "blk.0.attn_q.weight"),
             _plan_gguf,
             open_reader=GGUFTensorReader,
+            llm=True,
         ),
     )
 }

@@ -1,4 +1,4 @@
-"""One conversion: read -> check keys -> stream into Orbax -> tokenizer -> manifest -> (verify) -> install.
+"""One conversion: read -> check keys -> tokenizer + template -> stream into Orbax -> manifest -> (verify) -> install.
 
 The output is staged in ``OUT.tmp-XXXX`` next to ``OUT`` and renamed into place only once the manifest (written
 last) is there, so an interrupted conversion never leaves a directory that looks complete; a failed run removes
@@ -25,7 +25,21 @@ import jax.numpy as jnp
 
 from deemo_jax.convert import converted
 from deemo_jax.convert.common import check_keys
-from deemo_jax.convert.kinds import KINDS, TOKENIZER_FILES, Kind, Plan, check_kind, parse_overrides
+from deemo_jax.convert.kinds import (
+    KINDS,
+    TOKENIZER_FILES,
+    TOKENIZER_MODEL_FILES,
+    Kind,
+    Plan,
+    check_kind,
+    parse_overrides,
+)
+from deemo_jax.convert.llm_tokenizer import (
+    build_llm_record,
+    check_template_option,
+    complete_sentencepiece_config,
+    describe,
+)
 from deemo_jax.convert.readers import CheckpointFormatError, TensorReader, open_checkpoint
 from deemo_jax.convert.verify import verify_conversion
 from deemo_jax.files import ensure_writable_dir
@@ -123,9 +137,13 @@ def convert_checkpoint(
     allow_unexpected: bool = False,
     allow_nonfinite: bool = False,
     progress: bool | None = None,
+    template: str = "",
     log=print,
 ) -> ConversionResult:
     """Convert one checkpoint (see ``scripts/convert_checkpoint.py --help``); returns what was written.
+
+    ``template`` (LLM kinds): the prompt template recorded with the LLM, ``""`` for the tokenizer's chat template
+    (``vicuna`` without one), see :mod:`deemo_jax.convert.llm_tokenizer`.
 
     Raises ``converted.NonFiniteTensorError`` for the first tensor holding NaN/Inf (unless ``allow_nonfinite``:
     then every such tensor is listed in the manifest), ``CheckpointKeyError``, ``CheckpointFormatError``,
@@ -135,9 +153,10 @@ def convert_checkpoint(
     if source not in KINDS:
         raise ValueError(f"--source {source!r}: choose one of {sorted(KINDS)}")
     kind = KINDS[source]
+    check_template_option(template, kind.name, kind.llm)
     dtype_name = dtype or kind.default_dtype
     out_dtype = _dtype(dtype_name)
-    input_path, output = Path(input_path), Path(output)
+    input_path, output = Path(input_path), Path(output).expanduser().absolute()  # Orbax needs absolute paths
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     if output.exists() and not output.is_dir():
@@ -155,6 +174,8 @@ def convert_checkpoint(
         hasher.start()
         staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
         try:
+            tokenizer_files = _copy_tokenizer(plan, staging)
+            llm = _llm_record(kind, plan, staging, tokenizer_files, template, log)
             stats = converted.write_params(
                 reader, plan, staging / converted.PARAMS_DIR, out_dtype, progress=progress,
                 allow_nonfinite=allow_nonfinite,
@@ -169,12 +190,13 @@ def convert_checkpoint(
                 f"({stats.bytes_read / 2**20 / max(stats.seconds, 1e-9):.1f} MB/s read); "
                 f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
             )
-            tokenizer_files = _copy_tokenizer(plan, staging)
             hasher.join()
             if hasher.error is not None:
                 raise OSError(f"could not hash the source files: {hasher.error}")
             manifest = _manifest(kind, plan, stats, skipped, hasher.result, dtype_name, reader, tokenizer_files)
             manifest["nonfinite"] = {"allowed": allow_nonfinite, "tensors": stats.nonfinite}
+            if llm is not None:
+                manifest["llm"] = llm
             converted.write_manifest(staging, manifest)
             verification = None
             if verify:
@@ -195,7 +217,8 @@ def convert_checkpoint(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    log(f"converted {kind.name} -> {output}")
+    chosen = f" (prompt template {manifest['llm']['template']['name']!r})" if "llm" in manifest else ""
+    log(f"converted {kind.name} -> {output}{chosen}")
     return ConversionResult(output, manifest, stats, verification)
 
 
@@ -224,6 +247,29 @@ def _copy_tokenizer(plan: Plan, staging: Path) -> list[str]:
             shutil.copy2(plan.tokenizer_dir / name, target / name)
             copied.append(name)
     return copied
+
+
+def _llm_record(
+    kind: Kind, plan: Plan, staging: Path, tokenizer_files: list[str], template: str, log
+) -> dict | None:
+    """The manifest's ``llm`` section of an LLM kind (None for the others); its notes join the plan's."""
+    if not kind.llm:
+        return None
+    tokenizer_dir, notes = None, []
+    if any(name in tokenizer_files for name in TOKENIZER_MODEL_FILES):
+        tokenizer_dir = staging / converted.TOKENIZER_DIR
+        notes = complete_sentencepiece_config(tokenizer_dir)
+    elif tokenizer_files:
+        notes = [f"neither of {list(TOKENIZER_MODEL_FILES)} among the tokenizer files {tokenizer_files}: the LLM is "
+                 "recorded without a tokenizer"]
+    record, warnings = build_llm_record(tokenizer_dir, template, plan.hf_config or {})
+    for note in notes:
+        log(f"note: {note}")
+    for warning in warnings:
+        log(f"warning: {warning}")
+    plan.notes.extend(notes + warnings)
+    log(describe(record, template))
+    return record
 
 
 def _manifest(

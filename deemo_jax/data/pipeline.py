@@ -62,12 +62,8 @@ import numpy as np
 from absl import flags
 from transformers import PreTrainedTokenizerBase
 
-from deemo_jax.data import schema
-from deemo_jax.data.prompts import (
-    PromptConfig,
-    build_prompt,
-    transcription_span,
-)
+from deemo_jax.data import schema, templates
+from deemo_jax.data.prompts import PromptConfig, build_prompt, transcription_span
 from deemo_jax.data.shards import (
     CorruptRecordError,
     LocatedRecord,
@@ -163,10 +159,14 @@ class DataConfig(PromptConfig):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"DataConfig.{name} must be a non-empty string, got {getattr(self, name)!r}")
 
-    def prompt_config(self, labels: Sequence[str] = ()) -> PromptConfig:
-        """The prompt settings; ``labels`` is used when ``self.labels`` is empty."""
+    def prompt_config(self, labels: Sequence[str] = (), tokenizer: Any = None) -> PromptConfig:
+        """The prompt settings; ``labels`` is used when ``self.labels`` is empty. A template given by name is
+        resolved here (``""``: the tokenizer's chat template, else vicuna; see :mod:`deemo_jax.data.templates`)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PromptConfig)}
-        return PromptConfig(**{**fields, "labels": tuple(self.labels or labels)})
+        template = self.template
+        if isinstance(template, str):
+            template = templates.resolve(template, tokenizer)
+        return PromptConfig(**{**fields, "labels": tuple(self.labels or labels), "template": template})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +200,11 @@ def tokenize_example(
     num_video_tokens: int = 0,
     num_audio_tokens: int = 0,
     example_id: str = "",
+    bos: bool = True,
 ) -> TokenizedExample | None:
     """Tokenise ``prompt``/``target`` into padded arrays; ``None`` when the example is dropped.
+
+    ``bos`` puts the tokenizer's BOS id first (the prompt template says whether its LLM expects one).
 
     ``num_video_tokens``/``num_audio_tokens`` are the placeholder counts the prompt must contain (0 when the
     modality is off); they are checked to form one consecutive run each.
@@ -215,7 +218,8 @@ def tokenize_example(
     _placeholder_run(prompt_ids, video_id, num_video_tokens, "video", example_id)
     _placeholder_run(prompt_ids, audio_id, num_audio_tokens, "audio", example_id)
 
-    excess = 1 + len(prompt_ids) + len(target_ids) - max_length
+    lead = int(bos)
+    excess = lead + len(prompt_ids) + len(target_ids) - max_length
     truncated = 0
     if excess > 0:
         if overlong_policy == "error":
@@ -243,13 +247,14 @@ def tokenize_example(
         prompt_ids = np.delete(prompt_ids, removable[cut:])
         truncated = len(removable) - cut
 
-    n = 1 + len(prompt_ids) + len(target_ids)
+    n = lead + len(prompt_ids) + len(target_ids)
     input_ids = np.full(max_length, tokenizer.pad_token_id, dtype=np.int32)
-    input_ids[0] = tokenizer.bos_token_id
-    input_ids[1:1 + len(prompt_ids)] = prompt_ids
-    input_ids[1 + len(prompt_ids):n] = target_ids
+    if bos:
+        input_ids[0] = tokenizer.bos_token_id
+    input_ids[lead:lead + len(prompt_ids)] = prompt_ids
+    input_ids[lead + len(prompt_ids):n] = target_ids
     labels = np.full(max_length, IGNORE_INDEX, dtype=np.int32)
-    labels[1 + len(prompt_ids):n] = target_ids
+    labels[lead + len(prompt_ids):n] = target_ids
     attention_mask = np.zeros(max_length, dtype=np.int32)
     attention_mask[:n] = 1
     return TokenizedExample(input_ids, attention_mask, labels, n, truncated)
@@ -297,7 +302,7 @@ class ExampleProcessor:
         return tokenize_example(
             prompt, target, self.tokenizer, max_length=self.max_length, overlong_policy=policy,
             num_video_tokens=self.num_video_tokens, num_audio_tokens=self.num_audio_tokens,
-            example_id=str(record.get("id")),
+            example_id=str(record.get("id")), bos=self.prompt_config.template.bos,
         )
 
     def _media(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -548,7 +553,7 @@ def make_iterator(
         )
     kind = _split_kind(source, config.split)
     processor = ExampleProcessor(
-        tokenizer, config.prompt_config(read_label_set(config.shard_dir)), kind=kind,
+        tokenizer, config.prompt_config(read_label_set(config.shard_dir), tokenizer), kind=kind,
         max_length=config.max_length, overlong_policy=config.overlong_policy,
         num_frames=config.num_frames, num_audio_clips=config.num_audio_clips,
         skip_corrupt_records=config.skip_corrupt_records,

@@ -1,13 +1,16 @@
 """Prompt and target text of one shard record (docs/DESIGN.md §4, paper Eq. 1).
 
-Emotion records (``kind == "mer"``), Vicuna template of Video-LLaMA/AffectGPT with the paper's Eq. 1 tags::
+The body of an emotion record (``kind == "mer"``) with the paper's Eq. 1 tags, wrapped by the run's prompt
+template (:mod:`deemo_jax.data.templates`; Vicuna's ``###Human: {body} ###Assistant: `` shown)::
 
     ###Human: <Audio><AudioHere>×8</Audio> <Video><ImageHere>×32</Video> <Transcription>{text}</Transcription>
     <NFBL>{cues}</NFBL> <User>{instruction}</User> ###Assistant:␣
 
 (one line, parts joined by single spaces; a modality that is switched off is left out entirely, as in the
-paper's Table 4 ablations; the NFBL part exists only with ``nfbl_as_text``, paper §5.3). The target is
-``{answer}###`` where the answer depends on the task:
+paper's Table 4 ablations; the NFBL part exists only with ``nfbl_as_text``, paper §5.3). The ``affectgpt``
+template's body is AffectGPT's training prompt instead (reference_spec §10.1: "Close your eyes, open your
+ears … <Subtitle>{text}</Subtitle> … {instruction}"), which needs audio, video and the transcription. The
+target is ``{answer}{end symbol}`` (``###`` for Vicuna) where the answer depends on the task:
 
 - ``"reasoning"``: the reasoning text;
 - ``"recognition"``: the label;
@@ -17,6 +20,9 @@ paper's Table 4 ablations; the NFBL part exists only with ``nfbl_as_text``, pape
 Caption records (``kind == "caption"``, pre-training)::
 
     ###Human: <Video><ImageHere>×32</Video> {caption instruction} ###Assistant:␣   ->   {caption}###
+
+(``affectgpt``: AffectGPT's video-only body, "Close your ears, open your eyes and you see that <Video>…</Video>.
+Now answer my question based on what you have seen. {caption instruction}").
 
 The placeholder strings are expanded to their full runs here; the tokenizer maps each to one id. Free text of
 a record (transcription, NFBL labels, reasoning, caption) never contains a placeholder string: any occurrence
@@ -31,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from deemo_jax.data.templates import BUILTIN, PromptTemplate
+
 VIDEO_PLACEHOLDER = "<ImageHere>"
 AUDIO_PLACEHOLDER = "<AudioHere>"
-END_SYMBOL = "###"
-HUMAN_PREFIX = "###Human: "
-ASSISTANT_PREFIX = " ###Assistant: "
-TRANSCRIPTION_OPEN, TRANSCRIPTION_CLOSE = "<Transcription>", "</Transcription>"
+# The tags around the transcription (Eq. 1) and AffectGPT's around its subtitle: the overlong policy trims
+# the text between them.
+TEXT_TAGS = (("<Transcription>", "</Transcription>"), ("<Subtitle>", "</Subtitle>"))
 
 TASKS = ("reasoning", "recognition", "both")
-TEMPLATES = ("vicuna",)
 
 # AffectGPT's training instruction for the reasoning task (reference_spec.md §10.1).
 DEFAULT_REASONING_INSTRUCTION = "From what clues can we infer the person's emotional state?"
@@ -75,13 +81,23 @@ class PromptConfig:
     labels: tuple[str, ...] = ()
     num_video_query_tokens: int = 32
     num_audio_query_tokens: int = 8
-    template: str = "vicuna"
+    template: PromptTemplate = BUILTIN["vicuna"]
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"PromptConfig.task must be one of {TASKS}, got {self.task!r}")
-        if self.template not in TEMPLATES:
-            raise ValueError(f"PromptConfig.template must be one of {TEMPLATES}, got {self.template!r}")
+        if not isinstance(self.template, PromptTemplate):
+            raise ValueError(
+                f"PromptConfig.template must be a PromptTemplate (deemo_jax.data.templates.resolve), got "
+                f"{self.template!r}"
+            )
+        if self.template.body == "affectgpt" and not (
+            self.use_audio and self.use_video and self.use_transcription and not self.nfbl_as_text
+        ):
+            raise ValueError(
+                "PromptConfig: the 'affectgpt' template is AffectGPT's fixed prompt with audio, video and subtitle "
+                "(no NFBL text); for ablations use a template with the paper's Eq. 1 body (vicuna, llama2, chatml)"
+            )
         if not (self.use_audio or self.use_video or self.use_transcription or self.nfbl_as_text):
             raise ValueError(
                 "PromptConfig: every input is switched off; enable at least one of use_audio, use_video, "
@@ -139,39 +155,53 @@ def _pick(options: Sequence[str], rng: np.random.Generator | None) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _wrap(body: str) -> str:
-    return HUMAN_PREFIX + body + ASSISTANT_PREFIX
-
-
 def build_prompt(
     record: Mapping[str, Any], config: PromptConfig, rng: np.random.Generator | None = None
 ) -> tuple[str, str]:
-    """Return ``(prompt_text, target_text)`` of a decoded shard record; the target ends with ``###``."""
+    """Return ``(prompt_text, target_text)`` of a decoded shard record; the target ends with the template's
+    end symbol."""
     record_id = record.get("id")
     kind = record.get("kind")
+    template = config.template
+    video = "<Video>" + VIDEO_PLACEHOLDER * config.num_video_query_tokens + "</Video>"
+    audio = "<Audio>" + AUDIO_PLACEHOLDER * config.num_audio_query_tokens + "</Audio>"
     if kind == "caption":
         if config.use_audio or not config.use_video:
             raise ValueError(
                 f"record {record_id!r} is a caption record (video only): use use_video=True, use_audio=False"
             )
-        video = "<Video>" + VIDEO_PLACEHOLDER * config.num_video_query_tokens + "</Video>"
         caption = _clean(record.get("caption"), "caption", record_id)
-        return _wrap(f"{video} {config.caption_instruction}"), caption + END_SYMBOL
+        if template.body == "affectgpt":
+            body = (f"Close your ears, open your eyes and you see that {video}. Now answer my question based on "
+                    f"what you have seen. {config.caption_instruction}")
+        else:
+            body = f"{video} {config.caption_instruction}"
+        return template.wrap(body), caption + template.end_symbol
     if kind != "mer":
         raise ValueError(f"record {record_id!r}: kind must be 'mer' or 'caption', got {kind!r}")
 
-    parts = []
-    if config.use_audio:
-        parts.append("<Audio>" + AUDIO_PLACEHOLDER * config.num_audio_query_tokens + "</Audio>")
-    if config.use_video:
-        parts.append("<Video>" + VIDEO_PLACEHOLDER * config.num_video_query_tokens + "</Video>")
-    if config.use_transcription:
-        text = _clean(record.get("transcription"), "transcription", record_id)
-        parts.append(TRANSCRIPTION_OPEN + text + TRANSCRIPTION_CLOSE)
-    if config.nfbl_as_text:
-        parts.append("<NFBL>" + format_nfbl(record.get("nfbl") or (), record_id) + "</NFBL>")
     instruction = _pick(config.resolved_instructions(), rng).replace("{labels}", ", ".join(config.labels))
-    parts.append(f"<User>{instruction}</User>")
+    if template.body == "affectgpt":
+        (open_tag, close_tag) = TEXT_TAGS[1]
+        text = _clean(record.get("transcription"), "transcription", record_id)
+        body = (f"Close your eyes, open your ears and you imagine only based on the sound that {audio}. "
+                f"Close your ears, open your eyes and you see that {video}. "
+                f"The subtitle of this video is {open_tag}{text}{close_tag}. "
+                f"Now answer my question based on what you have seen, heard, and provided subtitle. {instruction}")
+    else:
+        parts = []
+        if config.use_audio:
+            parts.append(audio)
+        if config.use_video:
+            parts.append(video)
+        if config.use_transcription:
+            (open_tag, close_tag) = TEXT_TAGS[0]
+            text = _clean(record.get("transcription"), "transcription", record_id)
+            parts.append(open_tag + text + close_tag)
+        if config.nfbl_as_text:
+            parts.append("<NFBL>" + format_nfbl(record.get("nfbl") or (), record_id) + "</NFBL>")
+        parts.append(f"<User>{instruction}</User>")
+        body = " ".join(parts)
 
     label = _clean(record.get("label"), "label", record_id)
     if config.task == "recognition":
@@ -179,16 +209,18 @@ def build_prompt(
     else:
         reasoning = _clean(record.get("reasoning"), "reasoning", record_id)
         answer = reasoning if config.task == "reasoning" else f"{label}. {reasoning}"
-    return _wrap(" ".join(parts)), answer + END_SYMBOL
+    return template.wrap(body), answer + template.end_symbol
 
 
 def transcription_span(prompt: str) -> tuple[int, int] | None:
-    """Character span ``[start, end)`` of the transcription text inside ``prompt`` (None without one)."""
-    start = prompt.find(TRANSCRIPTION_OPEN)
-    if start < 0:
-        return None
-    start += len(TRANSCRIPTION_OPEN)
-    end = prompt.rfind(TRANSCRIPTION_CLOSE)
-    if end < start:
-        raise ValueError(f"prompt has {TRANSCRIPTION_OPEN} without a closing {TRANSCRIPTION_CLOSE}")
-    return start, end
+    """Character span ``[start, end)`` of the transcription (or subtitle) text in ``prompt`` (None without one)."""
+    for open_tag, close_tag in TEXT_TAGS:
+        start = prompt.find(open_tag)
+        if start < 0:
+            continue
+        start += len(open_tag)
+        end = prompt.rfind(close_tag)
+        if end < start:
+            raise ValueError(f"prompt has {open_tag} without a closing {close_tag}")
+        return start, end
+    return None

@@ -6,6 +6,14 @@ works). ``<ImageHere>`` and ``<AudioHere>`` are added as special tokens when mis
 LLM vocabulary size ``V`` and ``V + 1`` (32000/32001 for Vicuna); the LLM embedding is not resized. Pad is EOS
 (AffectGPT).
 
+SentencePiece ``legacy`` (``tokenizer_config.json``): with ``true`` every piece of text that follows an added
+token (a placeholder, ``</s>``) starts with SentencePiece's ``"▁"``, as in the slow ``LlamaTokenizer`` of
+transformers < 4.31 that Vicuna and AffectGPT were trained with; ``false`` (transformers 5's default) leaves it
+out, which changes the ids right after every placeholder run (before ``</Audio>``, ``</Video>``). transformers 5
+honours the flag (``Metaspace`` ``prepend_scheme`` ``always`` / ``first``); :func:`load_tokenizer` checks that
+it did, and ``scripts/convert_checkpoint.py`` writes ``legacy: true`` for a LLaMA SentencePiece tokenizer whose
+config predates the flag.
+
 :func:`train_sentencepiece_tokenizer` trains a small LLaMA-like SentencePiece BPE model (unk 0, bos 1, eos 2,
 byte fallback, ``###`` kept as one piece) for the demo corpus and the tests.
 """
@@ -17,13 +25,16 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from deemo_jax.data.prompts import AUDIO_PLACEHOLDER, END_SYMBOL, VIDEO_PLACEHOLDER
+from deemo_jax.data.prompts import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER
+from deemo_jax.data.templates import BUILTIN
 
 PLACEHOLDER_TOKENS = (VIDEO_PLACEHOLDER, AUDIO_PLACEHOLDER)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+SPACE_MARK = "\u2581"  # SentencePiece's "▁": a space, and the prefix of a word-initial piece
 
 
 def _check_dir(path: Path) -> None:
@@ -68,11 +79,17 @@ def placeholder_ids(tokenizer: PreTrainedTokenizerBase, llm_vocab_size: int | No
     return ids[0], ids[1]
 
 
-def load_tokenizer(path: str | os.PathLike, llm_vocab_size: int | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path: str | os.PathLike, llm_vocab_size: int | None = None, *, check_placeholders: bool = True
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer directory, add the placeholder tokens when missing, set pad = EOS.
 
-    With ``llm_vocab_size`` the placeholder ids are checked against the LLM (see :func:`placeholder_ids`).
-    The returned tokenizer is a fast (``tokenizers``-backed) one, as the pipeline needs offset mappings.
+    The placeholder ids are checked against ``llm_vocab_size`` (the tokenizer's own vocabulary size when None;
+    see :func:`placeholder_ids`) unless ``check_placeholders`` is false (the converter reports a misfit instead).
+    The returned tokenizer is a fast (``tokenizers``-backed) one, as the pipeline needs offset mappings. An EOS
+    token is required (it ends padding); BOS is not (ChatML models have none: their template says ``bos`` false,
+    and :func:`deemo_jax.data.templates.resolve` refuses a BOS template for them). A ``legacy`` flag in
+    ``tokenizer_config.json`` is checked to be honoured (see the module docstring).
     """
     path = Path(path)
     _check_dir(path)
@@ -89,14 +106,63 @@ def load_tokenizer(path: str | os.PathLike, llm_vocab_size: int | None = None) -
             f"tokenizer from {str(path)!r} is a slow (Python) tokenizer ({type(tokenizer).__name__}); the "
             "pipeline needs a tokenizers-backed one: add a tokenizer.json or a sentencepiece tokenizer.model"
         )
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer from {str(path)!r} defines no BOS or EOS token (LLaMA: <s> 1, </s> 2)")
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"tokenizer from {str(path)!r} defines no EOS token (LLaMA: </s> 2); set eos_token in its "
+            "tokenizer_config.json"
+        )
     missing = [t for t in PLACEHOLDER_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     tokenizer.pad_token = tokenizer.eos_token
-    placeholder_ids(tokenizer, llm_vocab_size)
+    if check_placeholders:
+        placeholder_ids(tokenizer, llm_vocab_size)
+    _check_legacy(tokenizer, path)
     return tokenizer
+
+
+def tokenizer_kind(tokenizer: PreTrainedTokenizerBase) -> str:
+    """``"sentencepiece"`` when spaces become ``"▁"`` (LLaMA, Vicuna, Mistral), else ``"bpe"`` (byte-level:
+    GPT-2, SmolLM2, Qwen2). Measured on a short text, so a ``tokenizer.json`` of either kind is told apart."""
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("a b", add_special_tokens=False)["input_ids"])
+    return "sentencepiece" if any(SPACE_MARK in piece for piece in pieces) else "bpe"
+
+
+def legacy_spaces(tokenizer: PreTrainedTokenizerBase) -> bool | None:
+    """Whether text right after an added token starts with ``"▁"`` (SentencePiece ``legacy`` behaviour, see the
+    module docstring); None for a BPE tokenizer. Needs the placeholders (:func:`load_tokenizer` adds them)."""
+    if tokenizer_kind(tokenizer) != "sentencepiece":
+        return None
+    if tokenizer.convert_tokens_to_ids(VIDEO_PLACEHOLDER) in (None, tokenizer.unk_token_id):
+        raise ValueError(f"the tokenizer has no {VIDEO_PLACEHOLDER} token; load it with load_tokenizer")
+    ids = tokenizer(VIDEO_PLACEHOLDER + "a", add_special_tokens=False)["input_ids"]
+    after = tokenizer.convert_ids_to_tokens(ids[1:2])
+    return bool(after) and after[0].startswith(SPACE_MARK)
+
+
+def tokenizer_record(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a converted LLM's manifest records about its tokenizer: kind, legacy spaces, chat template, vocab."""
+    return {
+        "kind": tokenizer_kind(tokenizer),
+        "legacy": legacy_spaces(tokenizer),
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "vocab_size": int(tokenizer.vocab_size),
+    }
+
+
+def _check_legacy(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Refuse a tokenizer whose ids ignore the ``legacy`` flag of its config (they would differ from training)."""
+    config = path / "tokenizer_config.json"
+    flag = json.loads(config.read_text(encoding="utf-8")).get("legacy") if config.is_file() else None
+    if not isinstance(flag, bool):
+        return
+    measured = legacy_spaces(tokenizer)
+    if measured is not None and measured != flag:
+        raise ValueError(
+            f"{config} sets legacy={str(flag).lower()}, but {type(tokenizer).__name__} tokenizes "
+            f"{'without' if flag else 'with'} the '\u2581' after added tokens, so its ids differ from the ones "
+            "the LLM was trained with; set tokenizer_class to LlamaTokenizer in that file (it honours the flag)"
+        )
 
 
 def train_sentencepiece_tokenizer(
@@ -136,7 +202,7 @@ def train_sentencepiece_tokenizer(
             model_type=model_type,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             byte_fallback=True,
-            user_defined_symbols=[END_SYMBOL],
+            user_defined_symbols=[BUILTIN["vicuna"].end_symbol],
             character_coverage=1.0,
             split_digits=True,
             normalization_rule_name="identity",

@@ -2,7 +2,8 @@
 
 ``--config=configs/eval.py[:variant]`` plus ``--config.KEY=VALUE`` overrides (see configs/eval.py). Exit
 status (docs/exit_codes.md): 0 done; 2 bad config, missing run/checkpoint/shards (one line on stderr saying
-what and how to fix, before anything is compiled); 3 a corrupt shard record (named by file and index;
+what and how to fix, before anything is compiled; also a ``data.template`` other than the one the run was
+trained with, naming both); 3 a corrupt shard record (named by file and index;
 ``data.skip_corrupt_records=True`` excludes and reports them); 130 interrupted.
 """
 
@@ -22,6 +23,7 @@ from deemo_jax import cli, exit_codes
 from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
 from deemo_jax.data.prompts import TASKS
 from deemo_jax.data.shards import CorruptRecordError
+from deemo_jax.data.templates import NAMES
 from deemo_jax.eval.report import MODALITIES
 
 USAGE = "usage: python scripts/eval.py --config=configs/eval.py[:ablations|:demo|:demo_ablations] [--config.KEY=VALUE]"
@@ -61,6 +63,8 @@ def check_eval_config(cfg: ConfigDict) -> None:
         raise EvalConfigError(f"config.data.task = {cfg.data.task!r}: must be one of {TASKS} or '' (the run's)")
     if cfg.data.overlong_policy and cfg.data.overlong_policy not in OVERLONG_POLICIES:
         raise EvalConfigError(f"config.data.overlong_policy = {cfg.data.overlong_policy!r}: one of {OVERLONG_POLICIES}")
+    if cfg.data.template and cfg.data.template not in NAMES:
+        raise EvalConfigError(f"config.data.template = {cfg.data.template!r}: use one of {NAMES} or '' (the run's)")
     if cfg.modalities:
         parse_modalities(cfg.modalities, "config.modalities")
     for row in cfg.ablations:
@@ -103,7 +107,8 @@ def run(cfg: ConfigDict) -> tuple[Path, dict[str, dict[str, Any]]]:
     from deemo_jax.eval.generate import GenerationConfig
     from deemo_jax.train.runs import describe, load_run
 
-    loaded = load_run(cfg.workdir, step=None if cfg.step == -1 else cfg.step, compilation_cache=True)
+    loaded = load_run(cfg.workdir, step=None if cfg.step == -1 else cfg.step, compilation_cache=True,
+                      template=cfg.data.template or None)
     data = eval_data_config(cfg, loaded.data_config(batch_size=cfg.batch_size, split=cfg.data.split))
     tokenizer = loaded.tokenizer
     if cfg.data.tokenizer_path:

@@ -17,7 +17,8 @@ Files written to ``output_dir``:
   ``reference``);
 - ``metrics.json``: :meth:`ClassificationMetrics.to_dict` (accuracy, macro/weighted P/R/F1, UAR, per-class
   P/R/F1, confusion counts, unparseable count and rate) plus the evaluation settings, the examples the
-  pipeline skipped as over-long (``n_skipped``, ``skipped_ids``) and timings;
+  pipeline skipped as over-long (``n_skipped``, ``skipped_ids``), the prompt template's name (``template``)
+  and timings;
 - ``results.md``: the Table 4 row of this pass next to the paper's rows, then per-class metrics and the
   confusion matrix;
 - ``confusion.png``: the confusion matrix, with the unparseable column.
@@ -44,7 +45,6 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from deemo_jax.data.pipeline import IGNORE_INDEX, DataConfig, make_iterator
-from deemo_jax.data.prompts import END_SYMBOL
 from deemo_jax.data.shards import read_label_set
 from deemo_jax.data.tokenizer import load_tokenizer
 from deemo_jax.eval.generate import (
@@ -175,15 +175,15 @@ def evaluate_pass(
     max_new_tokens: int = 300,
     generation: GenerationConfig | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    end_symbol: str = END_SYMBOL,
+    end_symbol: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> EvalResult:
     """One evaluation pass over ``data_config.split``; see the module docstring for what it writes.
 
     ``labels`` is the label set the answers are parsed over (default: ``data_config.labels``, else the
     shard ``metadata.json`` labels). ``generation`` carries the decoding settings (greedy by default); its
-    EOS and stop sequences are set from the tokenizer and ``end_symbol``. ``extra`` is added to
-    ``metrics.json`` (e.g. the checkpoint).
+    EOS and stop sequences are set from the tokenizer and ``end_symbol`` (default: the prompt template's).
+    ``extra`` is added to ``metrics.json`` (e.g. the checkpoint).
     """
     config = dataclasses.replace(data_config, batch_size=batch_size or data_config.batch_size)
     config.validate()
@@ -207,9 +207,11 @@ def evaluate_pass(
             f"the shard labels {missing} are not in the evaluated label set {list(label_set)}; set labels to the "
             f"shard's label set {list(index_labels)}"
         )
+    prompt_config = config.prompt_config(shard_labels, tokenizer)
+    config = dataclasses.replace(config, template=prompt_config.template)
+    end_symbol = end_symbol or prompt_config.template.end_symbol
     gen_config = _generation_config(generation, max_new_tokens, tokenizer, end_symbol)
     modalities = modalities_of(config)
-    prompt_config = config.prompt_config(shard_labels)
     instruction = prompt_config.resolved_instructions()[0].replace("{labels}", ", ".join(prompt_config.labels))
 
     iterator = make_iterator(config, mode="eval", tokenizer=tokenizer, shard_index=0, shard_count=1)
@@ -285,6 +287,7 @@ def evaluate_pass(
         "modalities": list(modalities),
         "split": config.split,
         "task": config.task,
+        "template": prompt_config.template.name,
         "instruction": instruction,
         "n_skipped": len(iterator.dropped_ids),
         "skipped_ids": list(iterator.dropped_ids),
@@ -310,8 +313,9 @@ def evaluate_pass(
         f"# {title}\n\n"
         f"{metrics.n} examples ({len(iterator.dropped_ids)} skipped as over-long, "
         f"{len(iterator.corrupt_records)} excluded as corrupt shard records), "
-        f"{metrics.n_unparseable} unparseable answers ({100 * metrics.unparseable_rate:.2f}%), decoding "
-        f"{'sampling' if gen_config.do_sample else 'greedy'}, max_new_tokens {gen_config.max_new_tokens}.\n\n"
+        f"{metrics.n_unparseable} unparseable answers ({100 * metrics.unparseable_rate:.2f}%), prompt template "
+        f"{prompt_config.template.name}, decoding {'sampling' if gen_config.do_sample else 'greedy'}, "
+        f"max_new_tokens {gen_config.max_new_tokens}.\n\n"
         f"{table4_markdown([(modalities, metrics)])}\n{metrics_markdown(metrics)}"
     )
     (output_dir / MARKDOWN_FILE).write_text(markdown, encoding="utf-8")

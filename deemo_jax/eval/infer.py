@@ -30,8 +30,9 @@ import numpy as np
 from deemo_jax import exit_codes, media
 from deemo_jax.data import fbank as fb
 from deemo_jax.data.pipeline import tokenize_example
-from deemo_jax.data.prompts import END_SYMBOL, build_prompt
+from deemo_jax.data.prompts import build_prompt
 from deemo_jax.data.shards import read_label_set
+from deemo_jax.data.templates import NAMES
 from deemo_jax.deid import (
     AuditFailedError,
     DeidSettings,
@@ -120,12 +121,12 @@ def clip_inputs(video: Path, start: float | None, end: float | None, num_frames:
     return frames, features, notes
 
 
-def prompt_ids(tokenizer: Any, prompt: str, *, max_length: int, num_video_tokens: int, num_audio_tokens: int
-               ) -> np.ndarray:
-    """BOS + prompt ids (placeholders checked; an over-long transcription cut as in the pipeline)."""
+def prompt_ids(tokenizer: Any, prompt: str, *, max_length: int, num_video_tokens: int, num_audio_tokens: int,
+               bos: bool = True) -> np.ndarray:
+    """(BOS +) prompt ids (placeholders checked; an over-long transcription cut as in the pipeline)."""
     tokens = tokenize_example(
         prompt, "", tokenizer, max_length=max_length, overlong_policy="truncate_transcription",
-        num_video_tokens=num_video_tokens, num_audio_tokens=num_audio_tokens, example_id="infer",
+        num_video_tokens=num_video_tokens, num_audio_tokens=num_audio_tokens, example_id="infer", bos=bos,
     )
     if tokens is None:
         raise ValueError(f"the prompt does not fit max_length {max_length} even without its transcription")
@@ -147,11 +148,13 @@ def infer(
     generation: dict[str, Any] | None = None,
     keep_deidentified: str | Path | None = None,
     run: LoadedRun | None = None,
+    template: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole path on one video; returns ``{"emotion", "reasoning", "answer", "parse_rule", ...}``.
 
-    ``run`` (from :func:`deemo_jax.train.runs.load_run`) replaces ``workdir``/``step`` when given, so
-    several videos can share one loaded model. ``generation`` holds GenerationConfig fields.
+    ``run`` (from :func:`deemo_jax.train.runs.load_run`) replaces ``workdir``/``step``/``template`` when given,
+    so several videos can share one loaded model. ``template`` names the prompt template (None: the run's; another
+    than the run was trained with raises ``TemplateMismatchError``). ``generation`` holds GenerationConfig fields.
     """
     video = Path(video).expanduser()
     if not video.is_file():
@@ -159,13 +162,14 @@ def infer(
     keep = None
     if keep_deidentified:  # checked before any slow work
         keep = ensure_writable_dir(Path(keep_deidentified).expanduser(), what="--keep-deidentified folder")
-    run = run or load_run(workdir, step=step, compilation_cache=True)
+    run = run or load_run(workdir, step=step, compilation_cache=True, template=template)
     data = run.data_config(batch_size=1)
     label_set = tuple(labels) or tuple(run.config.data.labels) or read_label_set(data.shard_dir)
-    prompt_config = data.prompt_config(label_set)
+    prompt_config = data.prompt_config(label_set, run.tokenizer)
+    end_symbol = prompt_config.template.end_symbol
     gen = GenerationConfig(**{**(generation or {}), "max_new_tokens": max_new_tokens})
     gen = dataclasses.replace(gen, eos_id=run.tokenizer.eos_token_id,
-                              stop_sequences=end_symbol_token_sequences(run.tokenizer, END_SYMBOL))
+                              stop_sequences=end_symbol_token_sequences(run.tokenizer, end_symbol))
     notes = []
     if data.nfbl_as_text:
         notes.append("the model was trained with NFBL annotations as text; a raw video has none ('none' is given)")
@@ -195,13 +199,14 @@ def infer(
         run.tokenizer, prompt, max_length=data.max_length,
         num_video_tokens=prompt_config.num_video_query_tokens if data.use_video else 0,
         num_audio_tokens=prompt_config.num_audio_query_tokens if data.use_audio else 0,
+        bos=prompt_config.template.bos,
     )
     output = generate(
         run.model, ids[None], np.ones((1, len(ids)), np.int32), gen,
         frames=frames[None] if data.use_video else None,
         fbank=features[None, :, None] if data.use_audio else None,
     )
-    answer = decode_generated(run.tokenizer, output, END_SYMBOL)[0]
+    answer = decode_generated(run.tokenizer, output, end_symbol)[0]
     emotion, rule = parse_label_with_rule(answer, label_set) if label_set else (None, "no label set")
     return {
         "emotion": emotion,
@@ -211,6 +216,7 @@ def infer(
         "labels": list(label_set),
         "finish_reason": output.finish_reason(0),
         "checkpoint": {"workdir": str(run.workdir), "step": run.step},
+        "template": prompt_config.template.name,
         "deidentification": None if sidecar is None else {"audit_passed": sidecar["audit"]["passed"],
                                                           "kept": None if kept is None else str(kept)},
         "notes": notes,
@@ -241,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, help="clip start in seconds (default 0)")
     p.add_argument("--end", type=float, help="clip end in seconds (default: the end of the video)")
     p.add_argument("--labels", help="comma-separated label set (default: the run's)")
+    p.add_argument("--template", choices=NAMES,
+                   help="prompt template (default: the run's own; another than it was trained with is an error)")
     p.add_argument("--max-new-tokens", type=int, default=300)
     p.add_argument("--sample", action="store_true", help="sample (top-p) instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -272,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = infer(
             args.video, workdir=args.workdir, transcript=transcript, start=args.start,
             end=args.end, step=args.step, labels=labels, max_new_tokens=args.max_new_tokens, generation=generation,
-            keep_deidentified=args.keep_deidentified,
+            keep_deidentified=args.keep_deidentified, template=args.template,
         )
     except (FileNotFoundError, ValueError, OutputDirError) as e:
         error(str(e))

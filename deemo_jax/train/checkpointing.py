@@ -4,7 +4,8 @@ Layout (``LAYOUT_VERSION`` 1) of ``{workdir}/checkpoints/{step}/``: items ``trai
 parameters as a pure nested dict keyed by module path, e.g. ``video_qformer/layer/0/attention/query/kernel``),
 ``opt_state`` (``nnx.Optimizer`` state as a pure dict: ``step`` and the Optax state, moments keyed like the
 parameters), ``data_iter`` (one JSON per process, Grain's format) and ``meta`` (JSON: step, layout version,
-model config, trainable rules, process count). Only what training changes is saved (the frozen encoders and
+model config, trainable rules, process count, and what the run was trained with: its prompt template record and
+LLM identity, ``deemo_jax.train.identity``). Only what training changes is saved (the frozen encoders and
 LLM come from their converted checkpoints), so a checkpoint of the 7B recipe is ~0.5 GB (params + 2 moments).
 
 Saves are asynchronous; Orbax commits a step directory atomically, so a process killed mid-save leaves the
@@ -151,6 +152,21 @@ class TrainCheckpointer:
 
 def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).expanduser().absolute() / "checkpoints"
+
+
+def read_meta(directory: str | Path, step: int | None = None) -> tuple[int, dict] | None:
+    """``(step, meta)`` of checkpoint ``step`` (None = the latest finished one) in ``directory``, its layout
+    checked; None when the directory holds no finished checkpoint."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    with ocp.CheckpointManager(directory, item_names=ITEMS) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            return None
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    check_layout(meta, directory / str(step))
+    return step, meta
 
 
 def restore_trainable_from_run(workdir: str | Path, abstract: dict) -> dict:

@@ -2,7 +2,8 @@
 start ``jax.distributed`` when asked, train.
 
 Exit status (``deemo_jax.exit_codes``, docs/exit_codes.md): 0 done; 2 bad config or command line (one line on
-stderr saying what and how to fix, printed before anything is compiled or any folder is created); 3 a corrupt
+stderr saying what and how to fix, printed before anything is compiled or any folder is created), also a resume
+with another prompt template or LLM than the checkpoints record (naming both); 3 a corrupt
 shard record (the message names the shard file and record index; ``data.skip_corrupt_records=True`` skips and
 counts them instead); 4 training stopped on a non-finite loss/gradient (the message names the step and the
 modules; the last good checkpoint is kept); 130 interrupted.

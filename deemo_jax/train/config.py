@@ -22,22 +22,23 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from deemo_jax import sharding
-from deemo_jax.convert.converted import ConvertedCheckpointError, read_manifest
+from deemo_jax.convert.converted import ConvertedCheckpointError, llm_record, read_manifest
 from deemo_jax.data.pipeline import OVERLONG_POLICIES, DataConfig
-from deemo_jax.data.prompts import TASKS
+from deemo_jax.data.prompts import TASKS, PromptConfig
 from deemo_jax.data.shards import with_shard_facts
+from deemo_jax.data.templates import BUILTIN, NAMES, PromptTemplate
 from deemo_jax.models import attention
 from deemo_jax.models.deemo_llama import PAPER_TRAINABLE, PRESETS, DeemoLlamaConfig
 from deemo_jax.models.llama import LlamaConfig
 from deemo_jax.train.evaluators import evaluator_exists
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Config key under ``checkpoints`` -> (DeemoLlama components it restores, converter --source kind).
+# Config key under ``checkpoints`` -> (DeemoLlama components it restores, converter --source kinds it accepts).
 FROZEN_CHECKPOINTS = {
-    "eva_vit": (("visual_encoder",), "eva-vit-g"),
-    "blip2": (("image_qformer", "ln_vision"), "blip2-qformer"),
-    "imagebind": (("audio_encoder",), "imagebind-audio"),
-    "llm": (("llama",), "hf-llama"),
+    "eva_vit": (("visual_encoder",), ("eva-vit-g",)),
+    "blip2": (("image_qformer", "ln_vision"), ("blip2-qformer",)),
+    "imagebind": (("audio_encoder",), ("imagebind-audio",)),
+    "llm": (("llama",), ("hf-llama", "gguf")),
 }
 VIDEO_COMPONENTS = ("visual_encoder", "ln_vision", "image_qformer", "video_frame_position_embedding",
                     "video_qformer", "llama_proj")
@@ -78,6 +79,9 @@ def base_config() -> ConfigDict:
              use_video=True, use_transcription=True, nfbl_as_text=False, task="reasoning", instructions=(),
              labels=(), num_frames=0, num_audio_clips=0, overlong_policy="truncate_transcription",
              worker_count=0, worker_buffer_size=2, read_threads=4, read_buffer_size=32,
+             # Prompt template (deemo_jax/data/templates.py): "" = the converted LLM's (its manifest), else the
+             # tokenizer's chat template, else "vicuna"; or a name: vicuna, affectgpt, llama2, chatml, chat_template.
+             template="",
              # Stop on a corrupt shard record (exit 3, naming file and index), or skip and count it.
              skip_corrupt_records=False)
     )
@@ -142,16 +146,16 @@ def built_components(cfg: ConfigDict) -> tuple[str, ...]:
     return (*names, "llama")
 
 
-def _check_converted(key: str, value: str, kind: str) -> None:
-    fix = f"convert it with scripts/convert_checkpoint.py --source {kind} --output DIR and pass --config.{key}=DIR"
+def _check_converted(key: str, value: str, kinds: tuple[str, ...]) -> None:
+    fix = f"convert it with scripts/convert_checkpoint.py --source {kinds[0]} --output DIR and pass --config.{key}=DIR"
     if not _path(value).exists():
         _fail(f"config.{key} = {value!r} does not exist; {fix}")
     try:
         found = read_manifest(_path(value)).get("kind")
     except ConvertedCheckpointError as e:
         _fail(f"config.{key}: {e} ({fix})")
-    if found != kind:
-        _fail(f"config.{key} = {value!r} holds a {found!r} checkpoint, expected {kind!r}; {fix}")
+    if found not in kinds:
+        _fail(f"config.{key} = {value!r} holds a {found!r} checkpoint, expected {' or '.join(map(repr, kinds))}; {fix}")
 
 
 def check_config(cfg: ConfigDict) -> None:
@@ -213,6 +217,9 @@ def check_config(cfg: ConfigDict) -> None:
         _fail(f"config.data.task = {d.task!r}: must be one of {TASKS}")
     if d.overlong_policy not in OVERLONG_POLICIES:
         _fail(f"config.data.overlong_policy = {d.overlong_policy!r}: must be one of {OVERLONG_POLICIES}")
+    if d.template not in ("", *NAMES):
+        _fail(f"config.data.template = {d.template!r}: use one of {NAMES} or '' (the converted LLM's template, "
+              "else the tokenizer's chat template, else vicuna)")
     if cfg.eval.at_end and not evaluator_exists(cfg.eval.type):
         _fail(f"config.eval.type = {cfg.eval.type!r}: no module deemo_jax/eval/evaluators/{cfg.eval.type}.py; "
               "use 'recognition' or add that evaluator module")
@@ -245,22 +252,43 @@ def check_config(cfg: ConfigDict) -> None:
     if not _path(tok).is_dir():
         _fail(f"tokenizer directory {tok!r} does not exist; set --config.data.tokenizer_path=DIR")
     components = built_components(cfg)
-    for key, (parts, kind) in FROZEN_CHECKPOINTS.items():
+    for key, (parts, kinds) in FROZEN_CHECKPOINTS.items():
         value = cfg.checkpoints[key]
         needed = any(p in components for p in parts)
         if value:
-            _check_converted(f"checkpoints.{key}", value, kind)
+            _check_converted(f"checkpoints.{key}", value, kinds)
         elif needed and not m.random_frozen:
             built = ", ".join(p for p in parts if p in components)
             _fail(
                 f"config.checkpoints.{key} is empty but the model builds {built}; "
-                f"convert it (scripts/convert_checkpoint.py --source {kind}) and pass --config.checkpoints.{key}=DIR"
+                f"convert it (scripts/convert_checkpoint.py --source {kinds[0]}) and pass "
+                f"--config.checkpoints.{key}=DIR"
             )
     if cfg.checkpoints.init_trainable and not _path(cfg.checkpoints.init_trainable).exists():
         _fail(
             f"config.checkpoints.init_trainable = {cfg.checkpoints.init_trainable!r} does not exist; pass a converted "
             "video-llama directory or the workdir of a previous run"
         )
+    _check_template(cfg)
+
+
+def _check_template(cfg: ConfigDict) -> None:
+    """A template known without the tokenizer (a built-in name, or the converted LLM's record) must fit the
+    prompt's inputs (the 'affectgpt' body needs audio, video and the transcription)."""
+    d = cfg.data
+    try:
+        template = configured_template(cfg)
+    except ValueError as e:
+        _fail(f"config.checkpoints.llm: {' '.join(str(e).split())}")
+    if isinstance(template, str):
+        template = BUILTIN.get(template)
+    if template is None:  # resolved with the tokenizer when training starts
+        return
+    try:
+        PromptConfig(use_audio=d.use_audio, use_video=d.use_video, use_transcription=d.use_transcription,
+                     nfbl_as_text=d.nfbl_as_text, template=template)
+    except ValueError as e:
+        _fail(f"config.data with prompt template {template.name!r}: {' '.join(str(e).split())}")
 
 
 def check_mesh(cfg: ConfigDict, device_count: int, process_count: int) -> tuple[int, int, int]:
@@ -291,10 +319,9 @@ def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
     """The ``DeemoLlamaConfig`` of a (validated) config; ``vocab_size`` is the tokenizer's base vocabulary."""
     m = cfg.model
     runtime: dict[str, Any] = {"frozen_dtype": DTYPES[m.frozen_dtype]}
-    if m.preset == "deemo_7b":
-        if cfg.checkpoints.llm:
-            runtime["llm"] = llm_config_from_manifest(cfg.checkpoints.llm)
-    else:  # the small presets: the tokenizer's vocabulary, positions covering data.max_length
+    if cfg.checkpoints.llm:  # a converted LLM is the LLM, whatever the preset's encoders
+        runtime["llm"] = llm_config_from_manifest(cfg.checkpoints.llm)
+    elif m.preset != "deemo_7b":  # the small presets: the tokenizer's vocabulary, positions covering data.max_length
         runtime["llm"] = {"vocab_size": vocab_size, "max_position_embeddings": max(cfg.data.max_length, 128)}
     config = DeemoLlamaConfig.preset(m.preset, runtime).with_overrides(m.overrides.to_dict())
     config = config.with_overrides({"llm": {"remat": m.remat}}).with_attention_impl(m.attention_impl or None)
@@ -305,6 +332,26 @@ def model_config(cfg: ConfigDict, vocab_size: int) -> DeemoLlamaConfig:
     return config
 
 
+def llm_manifest(cfg: ConfigDict) -> tuple[dict, dict | None] | None:
+    """The converted LLM's manifest and its checked ``llm`` section (family, template, tokenizer; None when
+    converted before it existed); None for a randomly initialised LLM (no ``checkpoints.llm``)."""
+    if not cfg.checkpoints.llm:
+        return None
+    return read_manifest(_path(cfg.checkpoints.llm)), llm_record(_path(cfg.checkpoints.llm))
+
+
+def configured_template(cfg: ConfigDict, name: str | None = None) -> str | PromptTemplate:
+    """``name`` (default ``data.template``), or for ``""`` the converted LLM's stored template when it has one;
+    a name is resolved with the tokenizer by ``DataConfig.prompt_config`` (``templates.resolve``)."""
+    name = cfg.data.template if name is None else name
+    if not name:
+        converted = llm_manifest(cfg)
+        stored = converted[1]["template"] if converted and converted[1] else None
+        if stored is not None:
+            return PromptTemplate.from_record(stored)
+    return name
+
+
 def data_config(cfg: ConfigDict, model: DeemoLlamaConfig, *, batch_size: int, split: str | None = None) -> DataConfig:
     """The pipeline settings; placeholder run lengths come from the model's query counts."""
     fields = cfg.data.to_dict()
@@ -312,6 +359,7 @@ def data_config(cfg: ConfigDict, model: DeemoLlamaConfig, *, batch_size: int, sp
     fields["shard_dir"] = str(_path(fields["shard_dir"]))
     if split is not None:
         fields["split"] = split
+    fields["template"] = configured_template(cfg)
     data = with_shard_facts(DataConfig.from_mapping(fields))
     return dataclasses.replace(
         data,

@@ -8,7 +8,9 @@ A training workdir (``scripts/train.py``) holds ``config.json`` (the full traini
 ``deemo_jax.train.checkpointing``). The model is rebuilt exactly as training built it
 (``deemo_jax.train.assembly.assemble_model``: frozen parts from the converted checkpoints the config names,
 or, for the demo's ``model.random_frozen``, the run's snapshot of its random frozen parts in
-``frozen_random/``), then the trainable parameters of the chosen step replace the fresh ones.
+``frozen_random/``), then the trainable parameters of the chosen step replace the fresh ones. The prompt
+template and LLM the run would use now must be those the checkpoint records (``deemo_jax.train.identity``);
+the loaded run carries that template, so evaluation and inference prompt the model as it was trained.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from transformers import PreTrainedTokenizerBase
 
 from deemo_jax import sharding
 from deemo_jax.data.pipeline import DataConfig
+from deemo_jax.data.templates import PromptTemplate
 from deemo_jax.data.tokenizer import load_tokenizer, placeholder_ids
 from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
 from deemo_jax.train import checkpointing
 from deemo_jax.train.assembly import assemble_model
 from deemo_jax.train.config import data_config, model_config, tokenizer_path
+from deemo_jax.train.identity import check_trained_with, llm_identity, run_template
 from deemo_jax.train.partition import abstract_with_shardings
 
 logger = logging.getLogger(__name__)
@@ -56,10 +60,12 @@ class LoadedRun:
     model_config: DeemoLlamaConfig
     tokenizer: PreTrainedTokenizerBase
     model: DeemoLlama
+    template: PromptTemplate  # the prompt template it was trained with (checked against the checkpoint)
 
     def data_config(self, *, batch_size: int, split: str | None = None) -> DataConfig:
-        """The run's pipeline settings for ``split`` (placeholder counts matching the model)."""
-        return data_config(self.config, self.model_config, batch_size=batch_size, split=split)
+        """The run's pipeline settings for ``split`` (placeholder counts matching the model, its template)."""
+        data = data_config(self.config, self.model_config, batch_size=batch_size, split=split)
+        return dataclasses.replace(data, template=self.template)
 
 
 def _hint(workdir: Path) -> str:
@@ -79,7 +85,8 @@ def setup_compilation_cache(directory: str) -> None:
 
 
 def read_run_config(workdir: str | os.PathLike) -> ConfigDict:
-    """The training config saved in ``{workdir}/config.json`` (JSON lists of tuple fields made tuples again)."""
+    """The training config saved in ``{workdir}/config.json`` (JSON lists of tuple fields made tuples again; a
+    config written before ``data.template`` existed gets ``"vicuna"``, the only template there was then)."""
     workdir = Path(workdir).expanduser().absolute()
     if not workdir.is_dir():
         raise RunNotFoundError(f"training run directory {str(workdir)!r} does not exist; {_hint(workdir)}")
@@ -98,6 +105,8 @@ def read_run_config(workdir: str | os.PathLike) -> ConfigDict:
             node = node.get(key, {})
         if isinstance(node.get(keys[-1]), list):
             node[keys[-1]] = tuple(node[keys[-1]])
+    if isinstance(values.get("data"), dict):
+        values["data"].setdefault("template", "vicuna")
     return ConfigDict(values)
 
 
@@ -111,13 +120,20 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
 
 
 def load_run(
-    workdir: str | os.PathLike = DEFAULT_DEMO_WORKDIR, *, step: int | None = None, compilation_cache: bool = False
+    workdir: str | os.PathLike = DEFAULT_DEMO_WORKDIR,
+    *,
+    step: int | None = None,
+    compilation_cache: bool = False,
+    template: str | None = None,
 ) -> LoadedRun:
     """Rebuild the model of the run in ``workdir`` with the trainable parameters of ``step`` (None = latest).
 
-    ``compilation_cache`` turns on JAX's persistent compilation cache in the run's
-    ``train.compilation_cache_dir`` (the command-line tools do, so a second call skips compiling).
-    Raises :class:`RunNotFoundError` (what is missing and how to fix it) before building anything.
+    ``template`` names the prompt template to use (None or ``""``: the run's ``data.template``); it, and the
+    LLM that ``checkpoints.llm`` holds now, must be what the checkpoint records, else
+    :class:`~deemo_jax.data.templates.TemplateMismatchError` names both. ``compilation_cache`` turns on JAX's
+    persistent compilation cache in the run's ``train.compilation_cache_dir`` (the command-line tools do, so a
+    second call skips compiling). Raises :class:`RunNotFoundError` (what is missing and how to fix it), and
+    the mismatch error, before building anything.
     """
     workdir = Path(workdir).expanduser().absolute()
     cfg = read_run_config(workdir)
@@ -142,27 +158,31 @@ def load_run(
     tokenizer = load_tokenizer(tok_dir)
     model_cfg = model_config(cfg, tokenizer.vocab_size)
     placeholder_ids(tokenizer, model_cfg.llm.vocab_size)
+    prompt_template = run_template(cfg, tokenizer, template or None)
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    _, meta = checkpointing.read_meta(ckpt_dir, step)
+    where = f"checkpoint {ckpt_dir / str(step)}"
+    check_trained_with(meta, prompt_template, llm_identity(cfg, model_cfg.llm.vocab_size), where)
+    if meta.get("model_config") not in (None, repr(model_cfg)):
+        raise ValueError(
+            f"{where} was written for another model config than {workdir}/{CONFIG_FILE} builds now:\n"
+            f"  stored  {meta['model_config']}\n  rebuilt {model_cfg!r}"
+        )
 
     mesh = sharding.make_mesh(data=-1)
     with jax.set_mesh(mesh), sharding.logical_rules():
         asm = assemble_model(cfg, model_cfg, mesh)
         target = nnx.to_pure_dict(abstract_with_shardings(asm.trainable, asm.trainable_shardings))
-        with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), item_names=checkpointing.ITEMS) as manager:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            checkpointing.check_layout(meta, manager.directory / str(step))
-            if meta.get("model_config") not in (None, repr(model_cfg)):
-                raise ValueError(
-                    f"checkpoint {workdir}/checkpoints/{step} was written for another model config than "
-                    f"{workdir}/{CONFIG_FILE} builds now:\n  stored  {meta['model_config']}\n  rebuilt {model_cfg!r}"
-                )
+        with ocp.CheckpointManager(ckpt_dir, item_names=checkpointing.ITEMS) as manager:
             restored = manager.restore(
                 step, args=ocp.args.Composite(trainable=ocp.args.StandardRestore(target))
             )["trainable"]
         nnx.replace_by_pure_dict(asm.trainable, restored)
         model = asm.merge()
     sources = {**asm.sources, **{name: f"checkpoint step {step}" for name in asm.trainable_modules}}
-    logger.info("loaded %s step %d (%s)", workdir, step, ", ".join(f"{k}: {v}" for k, v in sorted(sources.items())))
-    return LoadedRun(workdir, step, cfg, model_cfg, tokenizer, model)
+    logger.info("loaded %s step %d with prompt template %s (%s)", workdir, step, prompt_template.describe(),
+                ", ".join(f"{k}: {v}" for k, v in sorted(sources.items())))
+    return LoadedRun(workdir, step, cfg, model_cfg, tokenizer, model, prompt_template)
 
 
 def describe(run: LoadedRun) -> dict[str, Any]:

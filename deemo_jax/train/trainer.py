@@ -38,10 +38,11 @@ from deemo_jax.files import write_atomic
 from deemo_jax.models.deemo_llama import check_inputs
 from deemo_jax.train import records
 from deemo_jax.train.assembly import AssembledModel, assemble_model, snapshot_random_frozen
-from deemo_jax.train.checkpointing import TrainCheckpointer, checkpoint_dir
+from deemo_jax.train.checkpointing import TrainCheckpointer, checkpoint_dir, read_meta
 from deemo_jax.train.config import ConfigError, check_mesh, data_config, model_config, tokenizer_path
 from deemo_jax.train.evaluators import get_evaluator
 from deemo_jax.train.flops import example_flops, peak_flops_per_device
+from deemo_jax.train.identity import check_trained_with, describe_llm, llm_identity, meta_record, run_template
 from deemo_jax.train.optimizer import make_optimizer
 from deemo_jax.train.partition import batch_sharding, replicated, state_shardings
 from deemo_jax.train.runs import setup_compilation_cache
@@ -150,12 +151,19 @@ def train(cfg: ConfigDict) -> TrainResult:
 
     accum = cfg.train.grad_accum_steps
     micro_global = cfg.train.global_batch_size // accum
-    # Tokenizer, model config and input pipeline first: their errors are config errors, found before compiling.
+    # Tokenizer, model config, prompt template and input pipeline first: their errors are config errors, found
+    # before compiling; so is resuming a run with another template or LLM than its checkpoints record.
     try:
         tokenizer = load_tokenizer(tokenizer_path(cfg))
         model_cfg = model_config(cfg, tokenizer.vocab_size)
         placeholder_ids(tokenizer, model_cfg.llm.vocab_size)
-        data_cfg = data_config(cfg, model_cfg, batch_size=micro_global // num_processes)
+        template = run_template(cfg, tokenizer)
+        llm = llm_identity(cfg, model_cfg.llm.vocab_size)
+        latest = read_meta(checkpoint_dir(workdir))
+        if latest is not None:
+            check_trained_with(latest[1], template, llm, where=f"checkpoint {checkpoint_dir(workdir) / str(latest[0])}")
+        data_cfg = dataclasses.replace(data_config(cfg, model_cfg, batch_size=micro_global // num_processes),
+                                       template=template)
         iterator = make_iterator(data_cfg, mode="train", tokenizer=tokenizer, shard_index=process,
                                  shard_count=num_processes)
     except CorruptRecordError:
@@ -174,6 +182,7 @@ def train(cfg: ConfigDict) -> TrainResult:
         snapshot_random_frozen(cfg, asm)
         for name, source in sorted(asm.sources.items()):
             logger.info("%-32s %s, %s", name, "trainable" if name in asm.trainable_modules else "frozen", source)
+        logger.info("prompt template %s; LLM: %s", template.describe(), describe_llm(llm))
         o = cfg.optim
         tx, schedule = make_optimizer(
             init_lr=o.init_lr, min_lr=o.min_lr, warmup_lr=o.warmup_lr, warmup_steps=o.warmup_steps,
@@ -203,7 +212,7 @@ def train(cfg: ConfigDict) -> TrainResult:
         )
         meta = {
             "model_config": repr(model_cfg), "trainable": list(cfg.trainable), "process_count": num_processes,
-            "global_batch_size": cfg.train.global_batch_size,
+            "global_batch_size": cfg.train.global_batch_size, **meta_record(template, llm),
         }
         flops = example_flops(
             model_cfg, data_cfg.max_length, data_cfg.num_frames if data_cfg.use_video else 0,

@@ -1,6 +1,7 @@
 """Bad inputs of scripts/infer.py (deemo_jax.eval.infer): each case checks the exit code and a one-line message
 (what, where, how to fix); argument problems fail before the model is loaded; a video the de-identification rule
-does not accept is never read as is, and a failed privacy audit refuses it with nothing kept."""
+does not accept is never read as is, and a failed privacy audit refuses it with nothing kept; a --template other
+than the run was trained with is refused naming both."""
 
 from __future__ import annotations
 
@@ -86,6 +87,11 @@ def test_unwritable_keep_folder_fails_before_the_model(face_video, no_model, tmp
     result = run_main(main, [str(face_video), "--keep-deidentified", str(blocker / "deid"), *no_model], capsys)
     line = assert_one_line_error(result, "--keep-deidentified folder", str(blocker), "regular file", code=USAGE)
     assert "make demo" not in line
+
+
+def test_another_template_than_the_run_was_trained_with_exits_2(face_video, tiny_run, capsys):  # noqa: F811
+    result = run_main(main, [str(face_video), "--workdir", str(tiny_run["workdir"]), "--template", "llama2"], capsys)
+    assert_one_line_error(result, "trained with prompt template 'vicuna'", "used with 'llama2'", code=USAGE)
 
 
 def test_failed_audit_refuses_the_video_and_keeps_nothing(face_video, with_model, tmp_path, monkeypatch, capsys):

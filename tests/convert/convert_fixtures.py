@@ -13,6 +13,7 @@ Sizes follow ``DeemoLlamaConfig.tiny()`` so converted outputs restore into a tin
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -192,13 +193,39 @@ def llama_hf_config(c):
     )
 
 
+# Vicuna v0's tokenizer_config.json (transformers 4.28): no "legacy" key, so the converter sets legacy=true.
+VICUNA_TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                           "unk_token": "<unk>"}
+TOKENIZER_WORDS = ("the athlete said we played well today but I am disappointed with the result he smiles and "
+                   "folds his arms her voice is low she laughs quietly because nothing surprised them").split()
+
+
+def write_sentencepiece_model(path: Path, vocab_size: int = TINY.llm.vocab_size) -> Path:
+    """A SentencePiece BPE model normalised like LLaMA's (whitespace kept, dummy prefix), ``<unk>``/``<s>``/``</s>``
+    at 0/1/2, whose vocabulary is the tiny LLM's, so the placeholders get the ids V and V + 1."""
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(TOKENIZER_WORDS) for _ in range(10)) + "." for _ in range(200)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, num_threads=1, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
 def write_hf_llama_dir(directory: Path, sd: dict[str, np.ndarray], *, fmt: str = "safetensors") -> Path:
-    """A HF model directory: config.json, two fp16 shards (+ index), tokenizer files."""
+    """A HF model directory: config.json, two fp16 shards (+ index), Vicuna-v0-like tokenizer files."""
     directory.mkdir(parents=True)
     config = llama_hf_config(TINY.llm).to_dict()
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "tokenizer.model").write_bytes(b"\x0a\x03tok")  # content is opaque to the converter
-    (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    write_sentencepiece_model(directory / "tokenizer.model")
+    (directory / "tokenizer_config.json").write_text(json.dumps(VICUNA_TOKENIZER_CONFIG))
     (directory / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>"}))
     keys = list(sd)
     shards = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]

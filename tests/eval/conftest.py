@@ -1,6 +1,7 @@
 """Session fixtures of the evaluation tests: tiny synthetic shards, a tokenizer, and a tiny training run
 workdir written the way ``scripts/train.py`` writes it (``config.json`` + an Orbax checkpoint whose
-``trainable`` item holds the trained parameters), loaded once with ``deemo_jax.train.runs.load_run``.
+``trainable`` item holds the trained parameters and whose ``meta`` records the prompt template, vicuna, and
+the random LLM), loaded once with ``deemo_jax.train.runs.load_run``.
 
 Every evaluation test uses that one model, so the compiled generation programs are shared across tests."""
 
@@ -21,6 +22,7 @@ from deemo_jax.data.tokenizer import load_tokenizer, train_sentencepiece_tokeniz
 from deemo_jax.models.deemo_llama import PAPER_TRAINABLE, DeemoLlama
 from deemo_jax.train import checkpointing
 from deemo_jax.train.config import base_config, model_config
+from deemo_jax.train.identity import llm_identity, meta_record, run_template
 from deemo_jax.train.partition import TrainableFilter
 
 LABELS = ("positive", "negative")
@@ -103,7 +105,8 @@ def tiny_run(tmp_path_factory, shards):
 
     pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(trainable))
     meta = {"model_config": repr(model_cfg), "trainable": list(cfg.trainable), "layout_version":
-            checkpointing.LAYOUT_VERSION, "step": STEP}
+            checkpointing.LAYOUT_VERSION, "step": STEP,
+            **meta_record(run_template(cfg, shards["tokenizer"]), llm_identity(cfg, model_cfg.llm.vocab_size))}
     with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), item_names=checkpointing.ITEMS) as manager:
         manager.save(STEP, args=ocp.args.Composite(trainable=ocp.args.StandardSave(pure),
                                                    meta=ocp.args.JsonSave(meta)))

@@ -1,5 +1,6 @@
 """Bad-input corpus, evaluation part: a corrupt shard record stops eval.py naming it (exit 3), or, with
-``data.skip_corrupt_records``, is excluded and reported; a missing run is one line (exit 2)."""
+``data.skip_corrupt_records``, is excluded and reported; a missing run is one line (exit 2); so is a run used
+with another prompt template than it was trained with (its override, or its edited config.json)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from bad_inputs.helpers import assert_one_line_error, run_main
 
 from deemo_jax import exit_codes
 from deemo_jax.data import schema
+from deemo_jax.data.templates import TemplateMismatchError
 from deemo_jax.eval import cli
+from deemo_jax.train.runs import load_run
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +69,23 @@ def test_missing_run_is_one_line(tmp_path, capsys):
     result = run_main(cli.main, ["eval.py", "--config=configs/eval.py", f"--config.workdir={tmp_path / 'none'}"],
                       capsys)
     assert_one_line_error(result, str(tmp_path / "none"), "does not exist", code=exit_codes.USAGE)
+
+
+def test_another_template_than_the_run_was_trained_with_exits_2_naming_both(tiny_run, shards, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run_main(cli.main, eval_argv(tiny_run, shards["dir"], out, "--config.data.template=llama2"), capsys)
+    assert_one_line_error(result, f"checkpoint {tiny_run['workdir']}", "trained with prompt template 'vicuna'",
+                          "used with 'llama2'", code=exit_codes.USAGE)
+    assert not out.exists()
+    result = run_main(cli.main, eval_argv(tiny_run, shards["dir"], out, "--config.data.template=alpaca"), capsys)
+    assert_one_line_error(result, "config.data.template = 'alpaca'", code=exit_codes.USAGE)
+
+
+def test_a_run_whose_config_names_another_template_refuses_to_load(tiny_run, tmp_path):
+    workdir = tmp_path / "edited"
+    shutil.copytree(tiny_run["workdir"], workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"]["template"] = "llama2"
+    (workdir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TemplateMismatchError, match="trained with prompt template 'vicuna'.*used with 'llama2'"):
+        load_run(workdir)

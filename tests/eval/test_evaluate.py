@@ -78,6 +78,7 @@ def test_eval_writes_predictions_metrics_markdown_and_png(env, evaluated):
     markdown = (out / "results.md").read_text()
     assert "| ours | ✓ | ✓ | ✓ | - |" in markdown and "| paper | ✓ | ✓ | ✓ | - | 74.49 | 74.45 |" in markdown
     assert "unparseable" in markdown
+    assert written["template"] == "vicuna" and "prompt template vicuna" in markdown  # the run's own
 
 
 def test_batched_equals_one_at_a_time(env, evaluated):
@@ -192,6 +193,7 @@ def test_eval_command_produces_the_whole_table4(tiny_run, tmp_path, capsys):
     assert printed.count("accuracy") == 7 and str(out / "ablations") in printed
     metrics = json.loads((out / "ablations" / "transcription+video+audio" / "metrics.json").read_text())
     assert metrics["checkpoint"]["step"] == 7 and metrics["eval_config"]["generation"]["max_new_tokens"] == NEW
+    assert metrics["template"] == "vicuna"
 
 
 def test_eval_command_rejects_bad_configs_before_loading(tmp_path, capsys):

@@ -29,6 +29,7 @@ def test_infer_deidentifies_then_answers(face_video, loaded_run, tmp_path):
     result = infer(face_video, workdir="unused", run=loaded_run, transcript="we played well today",
                    max_new_tokens=NEW, generation=GENERATION, keep_deidentified=kept)
     assert result["checkpoint"]["step"] == 7 and result["labels"] == ["positive", "negative"]
+    assert result["template"] == "vicuna"
     assert result["deidentification"]["audit_passed"] is True
     assert result["emotion"] in (None, "positive", "negative") and result["answer"]
     assert result["finish_reason"] in ("length", "eos", "stop_sequence")

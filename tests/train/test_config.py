@@ -54,6 +54,9 @@ def run_main(capsys, argv):
         (["--config.optim.init_lr=abc"], "could not convert string to float"),
         (["--config.model.attention_impl=flash"], r"attention_impl = 'flash': must be '' \(auto\) or one of \['xla'"),
         (["--config.trainable=('video_qformer', 'no_such_module')"], "patterns \\['no_such_module'\\] select no"),
+        (["--config.data.template=alpaca"], r"data.template = 'alpaca': use one of \('vicuna', 'affectgpt'"),
+        (["--config.data.template=affectgpt", "--config.data.use_transcription=False"],
+         r"config.data with prompt template 'affectgpt': .*with audio, video and subtitle"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2_before_compiling(corpus, tmp_path, capsys, compiles, extra, message):

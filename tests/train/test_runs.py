@@ -1,6 +1,7 @@
 """End-to-end training runs of scripts/train.py: SIGKILL + resume is bitwise exact and loses/repeats no example;
 the same run on 1 device, 8 devices (2x2x2 mesh) and 2 processes x 4 devices gives the same losses; a NaN
-stops the run naming the step and keeps the last good checkpoint; the pre-training config runs."""
+stops the run naming the step and keeps the last good checkpoint; checkpoints record the prompt template and
+LLM, and another template is refused on load and on resume; the pre-training config runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from train_helpers import ROOT, mer_record, read_rows, run_train, start_train, t
 
 from deemo_jax import exit_codes
 from deemo_jax.data.pipeline import DataConfig, make_iterator
+from deemo_jax.data.templates import BUILTIN, TemplateMismatchError
+from deemo_jax.train import cli
 from deemo_jax.train.checkpointing import ITEMS
+from deemo_jax.train.runs import load_run
 
 STEPS = 12
 EXAMPLES_PER_STEP = 8
@@ -119,6 +123,29 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite([r["loss"] for r in rows]))
     meta = json.loads((workdir / "checkpoints" / "2" / "meta" / "metadata").read_text())
     assert meta["step"] == 2
+
+
+def test_checkpoints_record_the_template_and_llm_and_refuse_another(corpus, reference, tmp_path, capsys):
+    kept = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert str(STEPS) in kept
+    for step in kept:
+        meta = json.loads((reference / "checkpoints" / step / "meta" / "metadata").read_text())
+        assert meta["template"] == BUILTIN["vicuna"].to_record()  # "": no LLM record, no chat template -> vicuna
+        assert meta["llm"]["random"] == "tiny_1layer" and meta["llm"]["vocab_size"] >= 300
+    with pytest.raises(TemplateMismatchError) as error:
+        load_run(reference, template="llama2")
+    message = str(error.value)
+    assert f"checkpoint {reference / 'checkpoints' / str(STEPS)}" in message
+    assert "trained with prompt template 'vicuna'" in message and "used with 'llama2'" in message
+
+    # Resuming training with another template: the same error, exit 2, before anything is built or written.
+    workdir = tmp_path / "resume"
+    shutil.copytree(reference, workdir)
+    code = cli.main(["train.py", *tiny_args(corpus, workdir, "--config.data.template=llama2", steps=STEPS + 2)])
+    err = capsys.readouterr().err.strip()
+    assert code == exit_codes.USAGE and len(err.splitlines()) == 1, err
+    assert err.startswith("train.py: config error: checkpoint") and "'vicuna'" in err and "'llama2'" in err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == kept
 
 
 def _free_port() -> int:
