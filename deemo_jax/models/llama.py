@@ -338,8 +338,18 @@ def _run_layer(layer, x, cos, sin, mask, is_causal, kv, write_index):
     return layer(x, cos, sin, mask, is_causal, kv, write_index)
 
 
-# ``is_causal`` (argument 5, counting the layer) is a Python bool.
-_run_layer_remat = nnx.remat(_run_layer, static_argnums=(5,))
+def _run_split_layer(graphdef, state, x, cos, sin, mask, is_causal, kv, write_index):
+    return _run_layer(nnx.merge(graphdef, state), x, cos, sin, mask, is_causal, kv, write_index)
+
+
+# jax.checkpoint of the split layer, not nnx.remat: nnx.remat writes the layer's variables back after the call,
+# which raises TraceContextError when they hold an outer trace's values - a frozen LLM closed over by the train
+# step's jax.value_and_grad. ``is_causal`` (argument 6) is a Python bool.
+_checkpointed_layer = jax.checkpoint(_run_split_layer, static_argnums=(0, 6))
+
+
+def _run_layer_remat(layer, x, cos, sin, mask, is_causal, kv, write_index):
+    return _checkpointed_layer(*nnx.split(layer), x, cos, sin, mask, is_causal, kv, write_index)
 
 
 def _is_concrete(x: Any) -> bool:
@@ -418,6 +428,12 @@ class Llama(nnx.Module):
             positions=jnp.zeros((batch_size,), jnp.int32),
         )
 
+    def tied_head(self) -> jax.Array | None:
+        """``embed_tokens.T`` as its own array for a tied model's decode loop (see ``head``), else None."""
+        if not self.config.tie_word_embeddings:
+            return None
+        return jnp.transpose(self.embed_tokens.embedding.get_value())
+
     def __call__(
         self,
         input_ids: jax.Array | None = None,
@@ -427,6 +443,7 @@ class Llama(nnx.Module):
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        head: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Logits ``[B, L, vocab]`` (float32) and the updated cache (None without a cache).
 
@@ -438,6 +455,9 @@ class Llama(nnx.Module):
           cache: a :class:`KVCache` from :meth:`init_cache`; the new tokens are appended to it.
           logits_to_keep: > 0: only the logits of the last ``logits_to_keep`` positions ``[B, n, vocab]`` are
             computed (a generation prefill needs one column; the full ``lm_head`` is a quarter of the FLOPs).
+          head: ``[hidden_size, vocab]`` logits weight of a tied model, i.e. ``embed_tokens.T`` made once by the
+            caller (:meth:`tied_head`): a decode loop that passes it in multiplies a plain matrix, where
+            ``attend``'s transposed operand inside the loop body is ~10x slower on XLA:CPU.
         """
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -507,7 +527,12 @@ class Llama(nnx.Module):
         if logits_to_keep:
             x = x[:, length - logits_to_keep :]
         x = self.norm(x)
-        if c.tie_word_embeddings:
+        if head is not None:
+            if not c.tie_word_embeddings or np.shape(head) != (c.hidden_size, c.vocab_size):
+                raise ValueError(f"Llama: head is for tied models, [{c.hidden_size}, {c.vocab_size}]; got "
+                                 f"{np.shape(head)} (tie_word_embeddings={c.tie_word_embeddings})")
+            logits = jnp.dot(x, head.astype(x.dtype)).astype(jnp.float32)
+        elif c.tie_word_embeddings:
             logits = self.embed_tokens.attend(x).astype(jnp.float32)
         else:
             logits = self.lm_head(x).astype(jnp.float32)

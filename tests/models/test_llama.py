@@ -485,3 +485,18 @@ def test_bad_new_config_fields():
     assert LlamaConfig.tiny(hidden_size=30, head_dim_override=8).head_dim == 8
     # A derived head_dim follows the width (a preset override of hidden_size keeps working).
     assert dataclasses.replace(LlamaConfig.tiny(), hidden_size=64).head_dim == 16
+
+
+def test_tied_head_given_once_equals_attend_and_is_checked():
+    """A decode loop passes ``embed_tokens.T`` made once (XLA:CPU's transposed-operand dot is ~10x slower)."""
+    _, _, config, model, _ = build_case("tied")
+    ids = np.random.default_rng(3).integers(0, config.vocab_size, size=(2, 4)).astype(np.int32)
+    head = model.tied_head()
+    assert head.shape == (config.hidden_size, config.vocab_size)
+    np.testing.assert_allclose(np.asarray(model(ids, head=head)[0]), np.asarray(model(ids)[0]), atol=1e-6)
+    with pytest.raises(ValueError, match="head is for tied models"):
+        model(ids, head=head[:, :-1])
+    untied = Llama(LlamaConfig.tiny(), rngs=nnx.Rngs(0))
+    assert untied.tied_head() is None
+    with pytest.raises(ValueError, match="tie_word_embeddings=False"):
+        untied(ids % untied.config.vocab_size, head=jnp.zeros((untied.config.hidden_size, untied.config.vocab_size)))
