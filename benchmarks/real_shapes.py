@@ -1,27 +1,38 @@
-"""The full paper model at its real shapes on this CPU: one optimizer step, then greedy decoding.
+"""The full paper model at its real shapes on this CPU: the planner's prediction, one optimizer step, decoding.
 
     python benchmarks/real_shapes.py                 # EVA ViT-g + BLIP-2 Q-Former + ImageBind-Huge + Vicuna-7B
-    python benchmarks/real_shapes.py --dry-run       # the same code path on benchmarks/train_step.py's mid-size model
+    python benchmarks/real_shapes.py --no-remat      # the paper's config as is (LLM layers not rematerialised)
+    python benchmarks/real_shapes.py --dry-run       # the same code path on the "demo" preset (seconds)
 
-The model is DEEMO-LLaMA 7B with random weights made directly in their storage dtype (frozen parts bf16,
-trainable parts fp32, as ``configs/instruct.py`` trains it), batch 1, 8 frames, 8 audio clips and a prompt of
-``--seq`` tokens (the 32 video and 8 audio placeholder slots included; the second half is the supervised answer).
-It runs the train step ``scripts/train.py`` runs (``deemo_jax.train.step.make_train_step``: frozen encoders
-under ``stop_gradient``, AdamW on the trainable parameters), then ``--new-tokens`` greedy decode steps with
-``deemo_jax.eval.generate`` on the updated model. Printed: time of each phase, peak RSS (``ru_maxrss``), the
-loss (must be finite), and the fit planner's prediction for the same step next to the measured peak.
+The run is ``configs/instruct.py`` (preset ``deemo_7b``: frozen parts bf16, trainable parts fp32, the paper's
+trainable set and AdamW) at batch 1, 8 frames, 8 audio clips and a prompt of ``--seq`` tokens (the 32 video
+and 8 audio placeholder slots included; the second half is the supervised answer), with ``model.remat`` on
+unless ``--no-remat``; ``--llm-layers N`` keeps Vicuna-7B's width with N layers. The step is the planner's own
+compiled program (``deemo_jax.train.plan.compile_train``: ``train/program.py``, i.e. what ``scripts/train.py``
+compiles), planned for this host (its available RAM, no GPU corrections); if the plan says it does not fit,
+the script stops before allocating anything and says by how much and why (exit 2) unless ``--force``.
+Otherwise the weights are drawn directly in their storage dtypes, the step runs once, then ``--new-tokens``
+greedy decode steps with ``deemo_jax.eval.generate`` on the updated
+model. Printed: time of each phase, peak RSS (``ru_maxrss``), the loss (must be finite, else exit 4), and the
+planner's total next to the measured peak RSS above the pre-model baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import math
 import resource
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 from common import machine_line
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_gib() -> float:
@@ -42,83 +53,135 @@ def phase(name: str, started: float) -> float:
     return now
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def draw(key: jax.Array, shape: tuple[int, ...], dtype: Any, kind: str) -> jax.Array:
+    """One random frozen weight made in its own dtype."""
+    if kind == "ones":
+        return jnp.ones(shape, dtype)
+    if kind == "zeros":
+        return jnp.zeros(shape, dtype)
+    return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dry-run", action="store_true", help="mid-size model, same code path (seconds)")
+    parser.add_argument("--dry-run", action="store_true", help="the demo preset, same code path (seconds)")
     parser.add_argument("--seq", type=int, default=128, help="prompt + answer tokens (default 128)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--no-remat", action="store_true", help="keep every LLM layer's activations")
+    parser.add_argument("--llm-layers", type=int, default=0,
+                        help="Vicuna-7B's width with this many layers (0: all 32), for a step that fits this host")
+    parser.add_argument("--force", action="store_true", help="run even when the plan says it does not fit")
     args = parser.parse_args()
-    if min(args.seq, args.frames, args.clips, args.new_tokens) < 1:
-        parser.error("--seq, --frames, --clips and --new-tokens must be >= 1")
+    if min(args.seq, args.frames, args.clips, args.new_tokens) < 1 or args.llm_layers < 0:
+        parser.error("--seq, --frames, --clips and --new-tokens must be >= 1, --llm-layers >= 0")
 
-    import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from train_step import TRAINABLE, build_jax, make_batch, mid_config
+    from train_step import make_batch
 
+    from deemo_jax import cli
     from deemo_jax.eval.generate import GenerationConfig, generate
-    from deemo_jax.models.deemo_llama import DeemoLlama, DeemoLlamaConfig
+    from deemo_jax.models.deemo_llama import DeemoLlama
     from deemo_jax.train.partition import TrainableFilter
+    from deemo_jax.train.plan import (
+        GiB,
+        compile_train,
+        cpu_upcast_bytes,
+        format_plan,
+        local_target,
+        plan_model_config,
+    )
+    from deemo_jax.train.program import make_tx
 
     print(machine_line())
-    if args.dry_run:
-        cfg = dataclasses.replace(mid_config(), frozen_dtype=jnp.bfloat16)
-    else:
-        cfg = DeemoLlamaConfig.deemo_7b(frozen_dtype=jnp.bfloat16)
-    if args.seq < cfg.num_audio_tokens + cfg.num_video_tokens + 8:
-        parser.error(f"--seq must hold the {cfg.num_audio_tokens + cfg.num_video_tokens} placeholder slots + 8")
-    print(f"{'mid-size model (dry run)' if args.dry_run else 'DEEMO-LLaMA 7B'}: batch 1 x {args.seq} tokens, "
-          f"{args.frames} frames, {args.clips} clips; frozen bf16, trainable fp32", flush=True)
-
+    overrides = {
+        "model.preset": "demo" if args.dry_run else "deemo_7b", "model.remat": not args.no_remat,
+        "train.global_batch_size": 1, "data.max_length": args.seq, "data.num_frames": args.frames,
+        "data.num_audio_clips": args.clips, "data.shard_dir": "/nonexistent/no-shards", "workdir": "/nonexistent",
+    }
+    cfg = cli.parse_config(["real_shapes.py", f"--config={ROOT / 'configs' / 'instruct.py'}",
+                            *(f"--config.{k}={v}" for k, v in overrides.items())], usage="")  # fmt: skip
+    if args.llm_layers:
+        with cfg.unlocked():
+            cfg.model.overrides = {"llm": {"num_hidden_layers": args.llm_layers}}
     baseline = current_rss_gib()
-    print(f"RSS before the model (Python, JAX, imports): {baseline:.2f} GiB")
-    started = time.perf_counter()
-    step, params, opt_state, frozen, _ = build_jax(cfg)
-    jax.block_until_ready((params, opt_state, frozen))
-    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-    nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
-    print(f"parameters: frozen {count(frozen) / 1e9:.2f} B ({nbytes(frozen) / 2**30:.2f} GiB), trainable "
-          f"{count(params) / 1e6:.1f} M ({nbytes(params) / 2**30:.2f} GiB), optimizer state "
-          f"{nbytes(opt_state) / 2**30:.2f} GiB")
-    t = phase("init (random weights on the host)", started)
+    print(f"RSS before the model (Python, JAX, imports): {baseline:.2f} GiB", flush=True)
 
-    batch = {k: jnp.asarray(v[None]) for k, v in make_batch(cfg, 1, args.seq, args.frames, args.clips).items()}
-    compiled = step.lower(params, opt_state, frozen, batch, jnp.int32(0)).compile()
-    memory = compiled.memory_analysis()
-    t = phase("compile train step", t)
+    started = time.perf_counter()
+    target = local_target()
+    devices = jax.devices()[:1]
+    program, compiled, plan = compile_train(cfg, target, devices)
+    print(format_plan(plan))
+    t = phase("plan: lower + compile the train step", started)
+    model_cfg = plan_model_config(cfg, target, strict=False)[0]
+    if args.seq < model_cfg.num_audio_tokens + model_cfg.num_video_tokens + 8:
+        parser.error(f"--seq must hold the {model_cfg.num_audio_tokens + model_cfg.num_video_tokens} placeholder "
+                     "slots + 8")
+    if not plan.fits:
+        upcasts = cpu_upcast_bytes(compiled, plan.xla_temporaries, [])
+        print(f"DOES NOT FIT this host: the step needs {plan.total / GiB:.2f} GiB (parameters + optimizer state "
+              f"{(plan.frozen_params + plan.trainable_params + plan.optimizer_state) / GiB:.2f} GiB, XLA:CPU's "
+              f"temporaries {plan.temporaries / GiB:.2f} GiB, of which {upcasts / GiB:.2f} GiB are its float32 "
+              f"copies of bf16 weights at the peak - a GPU has none), {target.memory_bytes / GiB:.2f} GiB are "
+              f"available ({plan.budget / GiB:.2f} GiB after the margin). Stopped before allocating; --force "
+              "tries anyway.", flush=True)
+        if not args.force:
+            raise SystemExit(2)
+
+    trainable_filter = TrainableFilter(cfg.trainable)
+    tx, _ = make_tx(cfg)
+
+    def init():  # the trainable part, its optimizer state and the frozen part's non-float leaves (RNG state)
+        model = DeemoLlama(model_cfg, rngs=nnx.Rngs(cfg.seed))
+        _, params, frozen = nnx.split(model, trainable_filter, ...)
+        other = [x for x in jax.tree.leaves(frozen) if not jnp.issubdtype(x.dtype, jnp.floating)]
+        return params, nnx.state(nnx.Optimizer(model, tx, wrt=trainable_filter)), other
+
+    # The frozen weights leaf by leaf: one init program for the whole model would hold float32 copies of all of
+    # them at once (29 GB for 12 Vicuna layers). Norm scales 1, biases 0, the rest N(0, 0.02) in their dtype.
+    shardings = [jax.tree.map(lambda x: x.sharding, tree) for tree in (program.trainable, program.opt_state)]
+    params, opt_state, other = jax.jit(init, out_shardings=(*shardings, None))()
+    paths, treedef = jax.tree_util.tree_flatten_with_path(program.frozen)
+    other, leaves = iter(other), []
+    for i, (path, leaf) in enumerate(paths):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            leaves.append(next(other))
+            continue
+        name = str(path[-1]) if not str(path[-1]).endswith("value") else str(path[-2])
+        kind = "ones" if "scale" in name else "zeros" if "bias" in name else "normal"
+        leaves.append(jax.device_put(draw(jax.random.key(i), leaf.shape, leaf.dtype, kind), leaf.sharding))
+    frozen = jax.tree_util.tree_unflatten(treedef, leaves)
+    jax.block_until_ready((params, opt_state, frozen))
+    t = phase("init (random weights in their storage dtypes)", t)
+
+    host = make_batch(model_cfg, 1, args.seq, args.frames, args.clips)
+    batch = {k: jax.device_put(host[k][None], v.sharding) for k, v in program.batch.items()}
     params, opt_state, metrics = compiled(params, opt_state, frozen, batch, jnp.int32(0))
     loss = float(metrics["loss"])
     t = phase(f"train step (loss {loss:.4f})", t)
     if not math.isfinite(loss):
         print(f"FAILED: the loss is {loss}", file=sys.stderr)
         raise SystemExit(4)
-    step_peak = peak_rss_gib()
+    measured = peak_rss_gib() - baseline
 
-    abstract = nnx.eval_shape(lambda: DeemoLlama(cfg, rngs=nnx.Rngs(0)))
-    graphdef, _, _ = nnx.split(abstract, TrainableFilter(TRAINABLE), ...)
+    abstract = nnx.eval_shape(lambda: DeemoLlama(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, _, _ = nnx.split(abstract, trainable_filter, ...)
     model = nnx.merge(graphdef, params, frozen)
-    host = make_batch(cfg, 1, args.seq, args.frames, args.clips)
     prompt = host["input_ids"][:, : args.seq // 2]
-    output = generate(model, prompt, np.ones_like(prompt), GenerationConfig(max_new_tokens=args.new_tokens),
-                      frames=host["frames"], fbank=host["fbank"])
+    config = GenerationConfig(max_new_tokens=args.new_tokens)
+    generate(model, prompt, np.ones_like(prompt), config, frames=host["frames"], fbank=host["fbank"])
     t = phase(f"generate {args.new_tokens} tokens (compile included)", t)
     start = time.perf_counter()
-    output = generate(model, prompt, np.ones_like(prompt), GenerationConfig(max_new_tokens=args.new_tokens),
-                      frames=host["frames"], fbank=host["fbank"])
-    decode_s = time.perf_counter() - start
-    print(f"generate again: {decode_s:.1f} s ({int(output.num_tokens[0])} tokens, prefill included), "
-          f"peak RSS {peak_rss_gib():.2f} GiB")
-
-    state_gib = (nbytes(params) + nbytes(opt_state) + nbytes(frozen)) / 2**30
-    temp_gib = memory.temp_size_in_bytes / 2**30
-    predicted = state_gib + temp_gib + sum(x.nbytes for x in jax.tree.leaves(batch)) / 2**30
-    measured = step_peak - baseline
-    print(f"XLA memory analysis of the step: temporaries {temp_gib:.2f} GiB; state + batch + temporaries = "
-          f"{predicted:.2f} GiB vs measured peak RSS above the baseline {measured:.2f} GiB at the step "
-          f"({(predicted - measured) / measured:+.0%}; the compiler's own memory is part of the measured peak)")
+    output = generate(model, prompt, np.ones_like(prompt), config, frames=host["frames"], fbank=host["fbank"])
+    print(f"generate again: {time.perf_counter() - start:.1f} s ({int(output.num_tokens[0])} tokens, prefill "
+          f"included), peak RSS {peak_rss_gib():.2f} GiB")
+    predicted = plan.total / GiB
+    print(f"planner: {predicted:.2f} GiB for the step vs measured peak RSS above the baseline {measured:.2f} GiB "
+          f"({(predicted - measured) / measured:+.0%}; the measured peak also holds the compiler's own memory "
+          "and the host copy of the batch)")
 
 
 if __name__ == "__main__":

@@ -335,26 +335,111 @@ def breakdown_fns(cfg, frozen, params, host) -> dict:
     return fns
 
 
+def instruct_config(args: argparse.Namespace, preset: str, attention: str):
+    """configs/instruct.py with this run's model and shapes; no shard metadata, so the planner takes these counts."""
+    import importlib.util
+    from pathlib import Path
+
+    from deemo_jax.train.plan import with_overrides
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "instruct.py"
+    spec = importlib.util.spec_from_file_location("_instruct", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return with_overrides(module.get_config(None), {
+        "model.preset": preset, "model.remat": args.remat, "model.attention_impl": attention,
+        "train.global_batch_size": args.batch, "data.max_length": args.seq, "data.num_frames": args.frames,
+        "data.num_audio_clips": args.clips, "data.shard_dir": "/nonexistent", "workdir": "/tmp/train_step_plan"})
+
+
+def device_peak(device) -> tuple[int | None, int | None]:
+    """(peak bytes in use, allocator limit) of ``device``, printed; (None, None) without memory stats (CPU)."""
+    stats = device.memory_stats() or {}
+    peak, limit = stats.get("peak_bytes_in_use"), stats.get("bytes_limit")
+    if peak is None:
+        print(f"peak device memory: n/a (memory_stats() reports no peak on {device.platform})")
+    else:
+        print(f"peak device memory: {peak / 2**30:.2f} GiB of the {(limit or 0) / 2**30:.1f} GiB allocator limit "
+              "(device 0, since the process started: init, compile, steps)")
+    return peak, limit
+
+
+def time_decode(cfg, params, frozen, host: dict, new_tokens: int) -> float:
+    """Greedy generation of ``new_tokens`` for the batch's prompts (their first half), timed on the second call."""
+    import numpy as np
+    from flax import nnx
+
+    from deemo_jax.eval.generate import GenerationConfig, generate
+    from deemo_jax.models.deemo_llama import DeemoLlama
+    from deemo_jax.train.partition import TrainableFilter
+
+    graphdef = nnx.split(nnx.eval_shape(lambda: DeemoLlama(cfg, rngs=nnx.Rngs(0))), TrainableFilter(TRAINABLE), ...)[0]
+    model = nnx.merge(graphdef, params, frozen)
+    prompt = host["input_ids"][:, : host["input_ids"].shape[1] // 2]
+    gen = GenerationConfig(max_new_tokens=new_tokens, eos_id=None)  # no early stop: exactly new_tokens per row
+
+    def run():
+        return generate(model, prompt, np.ones_like(prompt), gen, frames=host["frames"], fbank=host["fbank"])
+
+    run()
+    start = time.perf_counter()
+    tokens = int(run().num_tokens.sum())
+    seconds = time.perf_counter() - start
+    print(f"decode: {tokens} tokens ({prompt.shape[0]} x {new_tokens}, greedy, prompt {prompt.shape[1]} tokens) in "
+          f"{seconds:.2f} s = {tokens / seconds:.1f} tokens/s (second call; encoders and prefill included)")
+    return tokens / seconds
+
+
+def compare_plan(cfg, peak: int | None, mirrored: bool, path: str, measured: dict) -> None:
+    """Plan ``cfg``'s step with the fit planner on this process's devices, print it against the measured peak
+    and write both (with the whole plan and ``measured``) to ``path``."""
+    import json
+
+    import jax
+
+    from deemo_jax.train import plan
+
+    if not mirrored:
+        print("planner: no config preset mirrors the dry run's mid-size model; planning preset "
+              f"{cfg.model.preset} instead (the code path only: its numbers are not comparable)")
+    p = plan.plan_train(cfg, plan.local_target(), jax.devices())
+    vs = f"measured peak {peak / plan.GiB:.3g} GiB ({(p.total - peak) / peak:+.0%})" if peak else "measured peak n/a"
+    print(f"planner: total {p.total / plan.GiB:.3g} GiB vs {vs}; temporaries {p.temporaries / plan.GiB:.3g} GiB, "
+          f"budget {p.budget / plan.GiB:.3g} GiB on {p.target} ({'fits' if p.fits else 'DOES NOT FIT'}); "
+          f"compile {p.compile_s:.1f} s")
+    for note in p.notes:
+        print(f"planner note: {note}")
+    with open(path, "w") as f:
+        json.dump({"planner_total_bytes": p.total, "measured_peak_bytes": peak, "measured": measured,
+                   "plan": dataclasses.asdict(p)}, f, indent=2)
+    print(f"wrote {path}")
+
+
 def run_gpu(args: argparse.Namespace) -> None:
     import jax
     import jax.numpy as jnp
 
     from deemo_jax import sharding
-    from deemo_jax.models.deemo_llama import DeemoLlamaConfig
+    from deemo_jax.train import plan
     from deemo_jax.train.flops import peak_flops_per_device
 
-    if args.dry_run:
-        cfg = dataclasses.replace(mid_config(), frozen_dtype=jnp.bfloat16)
-        batch, seq, frames, clips = 2, 128, 2, 2
-    else:
-        cfg = DeemoLlamaConfig.deemo_7b(frozen_dtype=jnp.bfloat16)
-        if args.cudnn:
-            cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, attention_impl="cudnn"))
-        if args.remat:
-            cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, remat=True))
-        batch, seq, frames, clips = args.batch, args.seq, args.frames, args.clips
+    batch, seq, frames, clips = args.batch, args.seq, args.frames, args.clips
     devices = jax.devices()
     print(f"devices: {len(devices)} x {devices[0].device_kind}; jax {jax.__version__}")
+    attention = "cudnn" if args.cudnn else "xla"
+    if args.cudnn and devices[0].platform == "cpu":
+        print("attention: cudnn requested, but the cpu backend has no cuDNN: xla attention instead")
+        attention = "xla"
+    preset = args.preset or (None if args.dry_run else "deemo_7b")
+    config = instruct_config(args, preset or "tiny_1layer", attention)
+    if preset is None:  # the dry run's default: the mid-size model of the CPU benchmark
+        cfg = dataclasses.replace(mid_config(), frozen_dtype=jnp.bfloat16).with_attention_impl(attention)
+        cfg, name = cfg.with_overrides({"llm": {"remat": args.remat}}), "dry run, mid-size model"
+    else:  # the model a training run of this config builds (the planner's)
+        cfg = plan.plan_model_config(config, plan.local_target(), strict=False)[0]
+        name = f"{'dry run, ' if args.dry_run else ''}preset {preset}"
+    if args.decode and seq // 2 < 4 + cfg.num_audio_tokens + cfg.num_video_tokens:
+        raise SystemExit(f"--decode: --seq {seq} is too short for a prompt (half of it) holding the placeholders")
     mesh = sharding.make_mesh(1, -1, 1)
     if batch % len(devices):
         raise SystemExit(f"--batch {batch} must be divisible by the {len(devices)} devices (fsdp mesh)")
@@ -378,12 +463,20 @@ def run_gpu(args: argparse.Namespace) -> None:
     peak = peak_flops_per_device(devices[0].device_kind)
     achieved = flops / step_s / len(devices)
     mfu = f"{achieved / peak:.1%}" if peak else "n/a (unknown peak for this device)"
-    print(f"{'dry run, reduced model' if args.dry_run else 'DEEMO-LLaMA 7B'}: batch {batch} x {seq} tokens, "
-          f"{frames} frames, {clips} clips; loss {loss:.3f}")
+    print(f"{name}: batch {batch} x {seq} tokens, {frames} frames, {clips} clips; attention {attention}, remat "
+          f"{'on' if args.remat else 'off'}; loss {loss:.3f}")
     print(f"step {step_s * 1000:.1f} ms, {tokens / step_s:.0f} tokens/s, useful {achieved / 1e12:.3g} TFLOP/s per "
           f"device, useful MFU {mfu} (FLOPs/step {flops / 1e12:.2f} T: encoders "
           f"{per.frozen_encoders * batch / flops:.0%}, trainable {per.trainable * batch / flops:.0%}, LLM "
-          f"{per.llm * batch / flops:.0%})")
+          f"{per.llm * batch / flops:.0%})", flush=True)
+    peak_bytes, limit = device_peak(devices[0])
+    measured = {"step_s": step_s, "tokens_per_s": tokens / step_s, "useful_mfu": achieved / peak if peak else None,
+                "peak_bytes_in_use": peak_bytes, "bytes_limit": limit, "decode_tokens_per_s": None}
+    if args.decode:
+        with jax.set_mesh(mesh), sharding.logical_rules():
+            measured["decode_tokens_per_s"] = time_decode(cfg, params, frozen, host, args.decode)
+    if args.plan_json:
+        compare_plan(config, peak_bytes, preset is not None, args.plan_json, measured)
 
 
 def main() -> None:
@@ -398,13 +491,22 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--breakdown", action="store_true",
                         help="CPU: also time the JAX frozen encoders and the LLM alone (interleaved with the steps)")
-    parser.add_argument("--cudnn", action="store_true", help="GPU: cuDNN flash attention in the LLM")
+    parser.add_argument("--cudnn", action="store_true",
+                        help="GPU: cuDNN flash attention (ViT, ImageBind, LLM: model.attention_impl=cudnn; xla on CPU)")
     parser.add_argument("--remat", action="store_true", help="GPU: rematerialise LLM layers")
+    parser.add_argument("--preset", default=None,
+                        help="GPU: a preset of deemo_jax.models.deemo_llama.PRESETS, built as configs/instruct.py "
+                        "builds it (default deemo_7b; with --dry-run the mid-size model of the CPU benchmark)")
+    parser.add_argument("--plan-json", default=None, metavar="PATH",
+                        help="GPU: also plan the step with deemo_jax.train.plan; print it against the measured peak "
+                        "memory and write both to PATH")
+    parser.add_argument("--decode", type=int, default=0, metavar="N",
+                        help="GPU: also time greedy generation of N new tokens for the batch (0: off)")
     add_cpu_dots_argument(
         parser, default="ynnpack", note=" (Eigen is faster for the forward-only benchmark, slower here)"
     )
     args = parser.parse_args()
-    defaults = (8, 512, 8, 8) if args.gpu else (2, 256, 4, 4)
+    defaults = (2, 128, 2, 2) if args.dry_run else (8, 512, 8, 8) if args.gpu else (2, 256, 4, 4)
     for name, default in zip(("batch", "seq", "frames", "clips"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -412,8 +514,10 @@ def main() -> None:
             parser.error(f"--{name} must be >= 1")
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
-    if args.dry_run and not args.gpu:
-        parser.error("--dry-run goes with --gpu")
+    if args.decode < 0:
+        parser.error("--decode must be >= 0")
+    if not args.gpu and (args.dry_run or args.preset or args.plan_json or args.decode):
+        parser.error("--dry-run, --preset, --plan-json and --decode go with --gpu")
     if not args.gpu:
         apply_cpu_dots(args.jax_cpu_dots)
     (run_gpu if args.gpu else run_cpu)(args)

@@ -1,7 +1,11 @@
 """``scripts/train.py``: parse ``--config=configs/X.py[:variant]`` plus ``--config.a.b=v`` overrides, validate,
 start ``jax.distributed`` when asked, train.
 
-Exit status (``deemo_jax.exit_codes``, docs/exit_codes.md): 0 done; 2 bad config or command line (one line on
+With ``--config.dry_run=True`` it plans the exact run (deemo_jax/train/plan.py), prints the plan and exits 0 if
+it fits; on a GPU/TPU the same check runs before anything is allocated (``train.fit_check``).
+
+Exit status (``deemo_jax.exit_codes``, docs/exit_codes.md): 0 done (or a dry run that fits); 2 bad config or
+command line, or a run that will not fit (naming the change that fits) (one line on
 stderr saying what and how to fix, printed before anything is compiled or any folder is created), also a resume
 with another prompt template or LLM than the checkpoints record (naming both); 3 a corrupt
 shard record (the message names the shard file and record index; ``data.skip_corrupt_records=True`` skips and
@@ -48,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import jax
 
+    from deemo_jax.train.plan import WillNotFitError, check_run, format_plan
+    from deemo_jax.train.runs import setup_compilation_cache
     from deemo_jax.train.trainer import NonFiniteError, train
 
     logging.basicConfig(
@@ -57,7 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if cfg.dry_run or (cfg.train.fit_check and jax.devices()[0].platform != "cpu"):
+            setup_compilation_cache(cfg.train.compilation_cache_dir)  # the run reuses the step compiled here
+            plan = check_run(cfg)
+            if cfg.dry_run:
+                print(format_plan(plan))
+                return exit_codes.OK
+            logging.getLogger(__name__).info("fit check: %.2f GiB of %.2f GiB per device", plan.total / 2**30,
+                                             plan.budget / 2**30)
         result = train(cfg)
+    except WillNotFitError as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return exit_codes.USAGE
     except ConfigError as e:
         print(f"train.py: config error: {e}", file=sys.stderr)
         return exit_codes.USAGE

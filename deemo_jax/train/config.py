@@ -54,6 +54,8 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.workdir = ""
     c.seed = 0
+    # Plan the exact run (deemo_jax/train/plan.py: memory per device, FLOPs, step time), print it and exit.
+    c.dry_run = False
     c.model = ConfigDict(
         dict(
             preset="deemo_7b",
@@ -90,7 +92,9 @@ def base_config() -> ConfigDict:
     c.train = ConfigDict(
         dict(global_batch_size=2, grad_accum_steps=1, total_steps=10_000, log_every=10, checkpoint_every=500,
              keep_checkpoints=3, async_checkpointing=True, dropout=True, progress_bar=True,
-             compilation_cache_dir="~/.cache/deemo-jax/xla")
+             compilation_cache_dir="~/.cache/deemo-jax/xla",
+             # On a GPU/TPU, compile the step and check it fits before allocating anything (refuses with a fix).
+             fit_check=True)
     )
     # AffectGPT stage 3: 1000 warm-up steps, cosine 3e-5 -> 1e-5. The reference does not clip gradients (0 = off).
     c.optim = ConfigDict(

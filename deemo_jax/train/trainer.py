@@ -43,14 +43,14 @@ from deemo_jax.train.config import ConfigError, check_mesh, data_config, model_c
 from deemo_jax.train.evaluators import get_evaluator
 from deemo_jax.train.flops import example_flops, peak_flops_per_device
 from deemo_jax.train.identity import check_trained_with, describe_llm, llm_identity, meta_record, run_template
-from deemo_jax.train.optimizer import make_optimizer
-from deemo_jax.train.partition import batch_sharding, replicated, state_shardings
+from deemo_jax.train.partition import replicated
+from deemo_jax.train.program import MEDIA_KEYS, TOKEN_KEYS, abstract_optimizer, batch_shardings, example_keys, make_tx
 from deemo_jax.train.runs import setup_compilation_cache
 from deemo_jax.train.step import make_train_step
 
 logger = logging.getLogger(__name__)
 
-MODEL_KEYS = ("input_ids", "attention_mask", "labels", "frames", "fbank")
+MODEL_KEYS = (*TOKEN_KEYS, *MEDIA_KEYS)
 
 
 class NonFiniteError(RuntimeError):
@@ -129,14 +129,9 @@ class _StepTimer:
 
 def _init_optimizer(asm: AssembledModel, tx, mesh) -> tuple[nnx.GraphDef, nnx.State, Any]:
     """``nnx.Optimizer`` state for the trainable parameters only, created sharded under jit."""
-    graphdef, wrt = asm.graphdef, asm.trainable_filter
-
-    def build(trainable: nnx.State, frozen: nnx.State) -> nnx.Optimizer:
-        return nnx.Optimizer(nnx.merge(graphdef, trainable, frozen), tx, wrt=wrt)
-
-    abstract = nnx.eval_shape(build, asm.trainable, asm.frozen)
-    opt_graphdef, abstract_state = nnx.split(abstract)
-    opt_shardings = state_shardings(abstract_state, mesh)
+    opt_graphdef, _, opt_shardings, build = abstract_optimizer(
+        asm.graphdef, asm.trainable_filter, asm.trainable, asm.frozen, tx, mesh
+    )
     opt_state = jax.jit(lambda t, f: nnx.state(build(t, f)), out_shardings=opt_shardings)(asm.trainable, asm.frozen)
     return opt_graphdef, opt_state, opt_shardings
 
@@ -183,11 +178,7 @@ def train(cfg: ConfigDict) -> TrainResult:
         for name, source in sorted(asm.sources.items()):
             logger.info("%-32s %s, %s", name, "trainable" if name in asm.trainable_modules else "frozen", source)
         logger.info("prompt template %s; LLM: %s", template.describe(), describe_llm(llm))
-        o = cfg.optim
-        tx, schedule = make_optimizer(
-            init_lr=o.init_lr, min_lr=o.min_lr, warmup_lr=o.warmup_lr, warmup_steps=o.warmup_steps,
-            total_steps=total_steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip,
-        )
+        tx, schedule = make_tx(cfg)
         opt_graphdef, opt_state, opt_shardings = _init_optimizer(asm, tx, mesh)
         trainable = asm.trainable
         ckpt = TrainCheckpointer(checkpoint_dir(workdir), keep=cfg.train.keep_checkpoints,
@@ -199,15 +190,11 @@ def train(cfg: ConfigDict) -> TrainResult:
             )
             logger.info("resumed from %s/%d", ckpt.directory, start)
 
-        example_keys = [k for k in MODEL_KEYS if k != "frames" or data_cfg.use_video]
-        example_keys = [k for k in example_keys if k != "fbank" or data_cfg.use_audio]
-        # [accum, micro, ...]: token arrays are 3-D, frames [.., T, H, W, 3] and fbank [.., S, 1, mel, time] 6-D.
-        batch_shardings = {k: batch_sharding(mesh, 6 if k in ("frames", "fbank") else 3, leading=1)
-                           for k in example_keys}
+        step_shardings = batch_shardings(mesh, example_keys(data_cfg.use_video, data_cfg.use_audio))
         step_fn = make_train_step(
             asm.graphdef, opt_graphdef, seed=cfg.seed, dropout=cfg.train.dropout,
             module_names=asm.trainable_modules,
-            shardings=(asm.trainable_shardings, opt_shardings, asm.frozen_shardings, batch_shardings),
+            shardings=(asm.trainable_shardings, opt_shardings, asm.frozen_shardings, step_shardings),
             replicated=replicated(mesh),
         )
         meta = {
@@ -262,7 +249,7 @@ def train(cfg: ConfigDict) -> TrainResult:
                     for a in range(accum):
                         check_inputs(model_cfg, host["input_ids"][a], *(host[k][a] if k in host else None
                                                                          for k in ("frames", "fbank")))
-                batch = _global_batch(host, batch_shardings, num_processes)
+                batch = _global_batch(host, step_shardings, num_processes)
                 trainable, opt_state, metrics = step_fn(trainable, opt_state, asm.frozen, batch, jnp.int32(index))
                 if pending is not None:
                     finish(*pending)
