@@ -3,7 +3,7 @@
 Pipeline (per process)::
 
     train: ArrayRecordDataSource(split files) -> seeded shuffle (reshuffled every epoch) -> infinite repeat
-           -> decode + prompt + tokenise + labels (per-example rng from the global index)
+           -> decode + prompt + tokenise + labels + reference crop of the frames (per-example rng from the global index)
            -> this process's slices of the global stream -> optional mp_prefetch workers -> batch
     eval:  ArrayRecordDataSource(split files) -> [shard_index::shard_count] -> decode ... -> batch
 
@@ -63,6 +63,7 @@ from absl import flags
 from transformers import PreTrainedTokenizerBase
 
 from deemo_jax.data import schema, templates
+from deemo_jax.data.augment import random_resized_crop_clip
 from deemo_jax.data.prompts import PromptConfig, build_prompt, transcription_span
 from deemo_jax.data.shards import (
     CorruptRecordError,
@@ -99,6 +100,7 @@ class DataConfig(PromptConfig):
     of the split must have (batches are stacked); 0 (the default) reads them from the shards' metadata.json
     (:func:`with_shard_facts`). ``read_threads``/``read_buffer_size`` bound the threads
     and the elements decoded ahead in each process (Grain's defaults, 16 and 500, would hold ~1 GB of frames).
+    ``augment``: the reference's train-time crop of the frames (:mod:`deemo_jax.data.augment`; train mode only).
     """
 
     shard_dir: str = ""
@@ -115,6 +117,7 @@ class DataConfig(PromptConfig):
     read_threads: int = 4
     read_buffer_size: int = 32
     skip_corrupt_records: bool = False
+    augment: bool = True
 
     def __post_init__(self) -> None:
         """No prompt checks here: the label set may still come from the shards. :meth:`prompt_config` builds
@@ -143,9 +146,7 @@ class DataConfig(PromptConfig):
                 raise ValueError(f"DataConfig.{name} must be an int >= 0 (0 = from the shards), got "
                                  f"{getattr(self, name)!r}")
         if not isinstance(self.worker_count, int) or self.worker_count < 0:
-            raise ValueError(
-                f"DataConfig.worker_count must be an int >= 0 (0 = in-process), got {self.worker_count!r}"
-            )
+            raise ValueError(f"DataConfig.worker_count must be an int >= 0 (0 = in-process), got {self.worker_count!r}")
         for name in ("worker_buffer_size", "read_threads", "read_buffer_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"DataConfig.{name} must be a positive int, got {getattr(self, name)!r}")
@@ -275,11 +276,11 @@ class ExampleProcessor:
         kind: str,
         max_length: int,
         overlong_policy: str,
-        num_frames: int,
-        num_audio_clips: int,
+        num_frames: int, num_audio_clips: int,
         skip_corrupt_records: bool = False,
+        augment: bool = False,
     ):
-        self.skip_corrupt_records = skip_corrupt_records
+        self.skip_corrupt_records, self.augment = skip_corrupt_records, augment
         self.tokenizer = tokenizer
         self.prompt_config = prompt_config
         self.kind = kind
@@ -391,11 +392,14 @@ class ExampleProcessor:
         tokens = self._tokenize(record, rng, self.overlong_policy)
         if tokens is None:
             return {**self.padding_element(), "_id": np.str_(record_id), "_status": np.int32(STATUS_DROPPED)}
+        media = self._media(record)
+        if rng is not None and self.augment and "frames" in media:  # after the prompt's draws: they stay as is
+            media["frames"] = random_resized_crop_clip(media["frames"], np.random.default_rng(rng.integers(2**63)))
         return {
             "input_ids": tokens.input_ids,
             "attention_mask": tokens.attention_mask,
             "labels": tokens.labels,
-            **self._media(record),
+            **media,
             "label_index": np.int32(record.get("label_index", -1)),
             "example_mask": np.int32(1),
             "_id": np.str_(record_id),
@@ -506,7 +510,6 @@ def _split_kind(source: ShardSource, split: str) -> str:
 
 def _mark_absl_flags_parsed() -> None:
     """Grain 0.2.18 workers read an absl flag; unparsed flags crash them (google/grain #1355)."""
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -532,9 +535,7 @@ def make_iterator(
     config = with_shard_facts(config)
     if shard_index is None or shard_count is None:
         if shard_index is not None or shard_count is not None:
-            raise ValueError(
-                "pass both shard_index and shard_count, or neither (then the JAX process is used)"
-            )
+            raise ValueError("pass both shard_index and shard_count, or neither (then the JAX process is used)")
         import jax  # only for this default: the pipeline itself (and its worker processes) never needs JAX
 
         shard_index, shard_count = jax.process_index(), jax.process_count()
@@ -556,7 +557,7 @@ def make_iterator(
         tokenizer, config.prompt_config(read_label_set(config.shard_dir), tokenizer), kind=kind,
         max_length=config.max_length, overlong_policy=config.overlong_policy,
         num_frames=config.num_frames, num_audio_clips=config.num_audio_clips,
-        skip_corrupt_records=config.skip_corrupt_records,
+        skip_corrupt_records=config.skip_corrupt_records, augment=config.augment,
     )
     processor.padding_element()  # fail here, not in a worker, when max_length cannot hold the prompt
 

@@ -85,7 +85,9 @@ def base_config() -> ConfigDict:
              # tokenizer's chat template, else "vicuna"; or a name: vicuna, affectgpt, llama2, chatml, chat_template.
              template="",
              # Stop on a corrupt shard record (exit 3, naming file and index), or skip and count it.
-             skip_corrupt_records=False)
+             skip_corrupt_records=False,
+             # The reference's train-time crop of the frames (RandomResizedCropVideo, deemo_jax/data/augment.py).
+             augment=True)
     )
     # Paper: batch size 2 on one A100; 10k steps are ~12 epochs of DEEMO-MER's ~1.6k training clips (our choice).
     # dropout: Q-Former dropout 0.1 (reference_spec §10.5).

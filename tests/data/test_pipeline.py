@@ -64,14 +64,19 @@ def env(tmp_path_factory):
     write_shard(shards / "caption.array_record", captions)
     (shards / "metadata.json").write_text(json.dumps({"labels": LABELS}))
 
+    return {"shards": shards, **small_tokenizer(root / "tok")}
+
+
+def small_tokenizer(directory):
+    """A 500-piece SentencePiece tokenizer over the prompt's words: {"tok_dir", "tok"}."""
     rng = random.Random(0)
     words = ("we played well today he smiles the athlete looks down and speaks slowly folding arms From "
              "what clues can we infer person's emotional state ###Human: ###Assistant: <Audio></Audio> "
              "<Video></Video> <Transcription></Transcription> <User></User>").split()
     tok_dir = train_sentencepiece_tokenizer(
-        [" ".join(rng.choice(words) for _ in range(10)) for _ in range(400)], root / "tok", vocab_size=500
+        [" ".join(rng.choice(words) for _ in range(10)) for _ in range(400)], directory, vocab_size=500
     )
-    return {"shards": shards, "tok_dir": tok_dir, "tok": load_tokenizer(tok_dir)}
+    return {"tok_dir": tok_dir, "tok": load_tokenizer(tok_dir)}
 
 
 def config(env, **overrides):

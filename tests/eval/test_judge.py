@@ -473,7 +473,9 @@ def test_a_reply_that_is_one_fenced_json_block_is_accepted_and_nothing_else(fake
     # Through the real client: the fenced sample is scored with one request each, the prose-wrapped one fails.
     samples = [J.Sample("f0", "FENCED he is happy.", "He is happy."), J.Sample("f1", "FENCED_PROSE sad.", "Sad.")]
     lines: list[str] = []
-    fenced, prose = J.run_judge(_judge(fake, tmp_path / "cache.jsonl", notify=lines.append), samples)
+    # A long timeout: under load a 1.5 s one expires on the fake server and the retry line names f0.
+    judge = _judge(fake, tmp_path / "cache.jsonl", notify=lines.append, timeout=30.0)
+    fenced, prose = J.run_judge(judge, samples)
     assert fenced.failures == [] and fenced.clue["result"]["score"] in range(1, 11)
     assert fenced.predicted_emotions["result"]["emotions"] == ["happy"]
     # f0: its clue and its prediction extraction (the prompts that hold its text) once each: no retry
